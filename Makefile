@@ -1,0 +1,57 @@
+# vitrine: the two commands are `make demo` and `make test`; the rest are their steps.
+PY      := /usr/bin/python3
+BUILD   := build
+DEMO    := $(BUILD)/demo
+THREADS ?= 2
+REQUEST ?= train/demo_request.json
+MODEL_SRC := train/shop.py train/model.py train/data.py train/vocab.py train/calendar.py train/train.py
+
+.PHONY: all deps configure build demo test bundle golden eval clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+configure: deps
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release >/dev/null
+
+build: configure
+	@cmake --build $(BUILD) -j2
+
+# ---- the demo model: synthetic shop -> teacher -> distilled student -> bundle + catalogue ----
+$(DEMO)/shop.json: train/shop.py
+	$(PY) -m train.shop --out $@
+
+$(DEMO)/models/student.pt: $(DEMO)/shop.json $(MODEL_SRC)
+	$(PY) -m train.train --shop $(DEMO)/shop.json --out $(DEMO)/models --threads $(THREADS)
+
+$(DEMO)/bundle/manifest.json: $(DEMO)/models/student.pt train/export.py train/bundle.py
+	$(PY) -m train.export --checkpoint $(DEMO)/models/student.pt --shop $(DEMO)/shop.json \
+	  --bundle $(DEMO)/bundle --catalog $(DEMO)/catalog \
+	  --metrics $(DEMO)/models/training.json --force
+
+bundle: deps $(DEMO)/bundle/manifest.json
+
+$(DEMO)/golden.safetensors: $(DEMO)/bundle/manifest.json train/golden.py train/cascade.py
+	$(PY) -m train.golden --shop $(DEMO)/shop.json --bundle $(DEMO)/bundle \
+	  --catalog $(DEMO)/catalog --out $@
+
+golden: bundle $(DEMO)/golden.safetensors
+
+$(DEMO)/eval.json: $(DEMO)/bundle/manifest.json train/evaluate.py train/cascade.py
+	$(PY) -m train.evaluate --shop $(DEMO)/shop.json --bundle $(DEMO)/bundle \
+	  --catalog $(DEMO)/catalog --teacher $(DEMO)/models/teacher.pt --out $@
+
+eval: bundle $(DEMO)/eval.json
+	@$(PY) -c "import json,sys; from train.evaluate import print_table; print_table(json.load(open('$(DEMO)/eval.json')))"
+
+demo: bundle
+	$(PY) -m train.recommend --bundle $(DEMO)/bundle --catalog $(DEMO)/catalog \
+	  --request $(REQUEST) --pretty
+
+test: build
+	cd $(BUILD) && ctest --output-on-failure -V
+
+clean:
+	rm -rf $(BUILD)

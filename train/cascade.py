@@ -1,0 +1,178 @@
+"""The reference cascade: a request in, a storefront out. The C engine must reproduce this.
+
+1. Encode the history (model.encode) into Q memory tokens; the user vector u = W_user mean(mem).
+2. Stage 1, themes: beam search from [BOS] under the theme trie, width max(theme_beam, sections);
+   the `sections` best finished themes, in order.
+3. Stage 2, keywords: for each theme, beam search from [BOS theme SEP] under the keyword trie,
+   width max(keyword_beam, keywords_per_section); the best `keywords_per_section` keywords.
+4. Retrieval: a section's candidates are the products of its keywords (keyword order, then
+   product index); filtered by the business rules (excluded ids, stock <= 0, not sold in the
+   region, not suited to the region's season at `now`, already shown in an earlier section);
+   scored s = u . e_p; the best `products_per_section` kept. A product is credited to the first
+   (best) keyword of the section that retrieves it.
+
+Beam search, deterministic by construction (the C engine follows it to the bit):
+- A beam's next-token distribution is the log-softmax of its logits over the trie's valid children
+  only (a sparse output projection: logit_c = h . tok_emb[c]); scores are float32 sums.
+- Each step lists candidates beam by beam (beams in rank order) and, within a beam, children in
+  ascending token id; the best `width` candidates are taken by a stable sort on descending score,
+  so on equal scores the earlier candidate wins.
+- A selected candidate whose token is the trie's terminator finishes (its phrase id is the node's
+  phrase); the others stay live. Search stops when no beam is live, or when `n_best` hypotheses
+  have finished and the best live score is below the n_best-th finished score (log-probabilities
+  are <= 0, so no live beam can overtake: exact).
+- Finished hypotheses are ranked by descending score, then ascending phrase id.
+"""
+import numpy as np
+import torch
+
+from . import calendar
+from .data import collate, featurize_one, validate_request
+from .vocab import BOS, EOS, SEP, UNK, PAD
+
+THEME_BEAM = 8
+KEYWORD_BEAM = 8
+MAX_FREE_WORDS = 6  # unconstrained decoding stops a phrase after this many words
+
+
+def season_now(tables, region, now):
+    r = tables.regions[tables.region_index[region]]
+    return calendar.season_of(now, r["season_offset"], r["fixed_season"])
+
+
+class Cascade:
+    def __init__(self, model, tables, catalog, theme_beam=THEME_BEAM, keyword_beam=KEYWORD_BEAM):
+        self.model, self.tables, self.catalog = model, tables, catalog
+        self.theme_beam, self.keyword_beam = theme_beam, keyword_beam
+        if catalog.embeddings is None:
+            with torch.no_grad():
+                catalog.embeddings = model.product_vectors(
+                    torch.from_numpy(catalog.codes)).numpy().astype(np.float32)
+        self.emb = torch.from_numpy(np.ascontiguousarray(catalog.embeddings, dtype=np.float32))
+        words = [i for i in range(len(tables.vocab)) if i not in (PAD, BOS, SEP, EOS, UNK)]
+        self.free_words = words
+
+    # ---- beam search ------------------------------------------------------------------------
+    def _children(self, trie, state, terminator):
+        """(tokens, next states) of a beam; trie None means unconstrained (state = #words)."""
+        if trie is not None:
+            toks, kids = trie.children(state)
+            return list(toks), list(kids)
+        if state >= MAX_FREE_WORDS:
+            return [terminator], [-1]
+        return self.free_words + [terminator], [state + 1] * len(self.free_words) + [-1]
+
+    @torch.no_grad()
+    def beam_search(self, xkv, prefix, trie, terminator, width, n_best, trace=None):
+        """-> list of (score, phrase id or tokens tuple, tokens) best first."""
+        m = self.model
+        cache, h = None, None
+        for pos, tok in enumerate(prefix):  # run the prefix, one beam
+            h, cache = m.decode_step(torch.tensor([tok]), pos, cache, xkv)
+        if trace is not None:
+            trace.append(("first_logits", (h @ m.tok_emb.weight.t())[0]))
+        pos = len(prefix)
+        beams = [(torch.tensor(0.0), 0, ())]  # score, trie node (or word count), tokens
+        finished = []
+        emb = m.tok_emb.weight
+        while beams:
+            cand_scores, cand_meta = [], []
+            for bi, (score, state, toks) in enumerate(beams):
+                ctoks, kids = self._children(trie, state, terminator)
+                logits = h[bi] @ emb[ctoks].t()
+                logp = torch.log_softmax(logits, dim=-1)
+                cand_scores.append(score + logp)
+                cand_meta.extend((bi, t, k) for t, k in zip(ctoks, kids))
+            allc = torch.cat(cand_scores)
+            order = torch.sort(-allc, stable=True).indices[:width].tolist()
+            live = []
+            for ci in order:
+                bi, t, k = cand_meta[ci]
+                s, toks = allc[ci], beams[bi][2] + (t,)
+                if t == terminator:
+                    pid = trie.phrase[k] if trie is not None else toks[:-1]
+                    finished.append((s, pid, toks))
+                else:
+                    live.append((bi, t, k, s, toks))
+            if len(finished) >= n_best and live:
+                kth = sorted(float(f[0]) for f in finished)[-n_best]
+                if float(live[0][3]) < kth:
+                    live = []
+            if not live:
+                break
+            parents = torch.tensor([x[0] for x in live])
+            cache = [(k.index_select(0, parents), v.index_select(0, parents)) for k, v in cache]
+            h, cache = m.decode_step(torch.tensor([x[1] for x in live]), pos, cache,
+                                     self._expand(xkv, len(live)))
+            beams = [(x[3], x[2], x[4]) for x in live]
+            pos += 1
+            if pos >= m.cfg.max_dec_len:
+                break
+        key = (lambda f: (-float(f[0]), f[1])) if trie is not None else (lambda f: -float(f[0]))
+        finished.sort(key=key)
+        return finished[:n_best]
+
+    @staticmethod
+    def _expand(xkv, w):
+        return [(k[:1].expand(w, -1, -1, -1), v[:1].expand(w, -1, -1, -1)) for k, v in xkv]
+
+    # ---- the cascade ----------------------------------------------------------------------
+    @torch.no_grad()
+    def recommend(self, req, trace=None, constrained=True):
+        """Request dict -> storefront dict. trace: list collecting (name, tensor) intermediates."""
+        t, cat, m = self.tables, self.catalog, self.model
+        events, dropped = validate_request(req, t, m.cfg)
+        f = featurize_one(events, req["now"], req["region"], t, cat, m.cfg)
+        mem = m.encode(collate([f]), trace)
+        u = m.user_vector(mem)[0]
+        xkv = m.cross_kv(mem)
+        n_sec, n_kw, n_prod = req["sections"], req["keywords_per_section"], \
+            req["products_per_section"]
+        theme_trie = t.theme_trie if constrained else None
+        kw_trie = t.keyword_trie if constrained else None
+        themes = self.beam_search(self._expand(xkv, 1), [BOS], theme_trie, SEP,
+                                  max(self.theme_beam, n_sec), n_sec, trace)
+        sections, shown = [], set()
+        exclude = set(req.get("exclude", []))
+        season = season_now(t, req["region"], req["now"])
+        region = t.region_index[req["region"]]
+        for th_score, th_id, th_toks in themes:
+            kws = self.beam_search(self._expand(xkv, 1), [BOS] + list(th_toks), kw_trie, EOS,
+                                   max(self.keyword_beam, n_kw), n_kw)
+            sec = {"theme": self._phrase(th_id, th_score, t.theme_texts, t.theme_trie, th_toks),
+                   "keywords": [self._phrase(k_id, k_s, t.keyword_texts, t.keyword_trie, k_toks)
+                                for k_s, k_id, k_toks in kws]}
+            cand, credit = [], {}
+            for kw in sec["keywords"]:
+                if kw["id"] < 0:
+                    continue  # an unconstrained keyword that is not in the catalogue
+                for p in cat.kw_products[kw["id"]]:
+                    if p in credit:
+                        continue
+                    credit[p] = kw["id"]
+                    if (cat.ids[p] in exclude or cat.stock[p] <= 0 or p in shown
+                            or region not in cat.regions[p] or season not in cat.seasons[p]):
+                        continue
+                    cand.append(p)
+            prods = []
+            if cand:
+                scores = self.emb[cand] @ u
+                order = sorted(range(len(cand)), key=lambda i: (-float(scores[i]), cand[i]))
+                for i in order[:n_prod]:
+                    p = cand[i]
+                    shown.add(p)
+                    prods.append({"id": cat.ids[p], "index": p, "score": float(scores[i]),
+                                  "keyword": credit[p]})
+            sec["products"] = prods
+            sections.append(sec)
+        return {"sections": sections, "dropped_events": dropped}
+
+    def _phrase(self, pid, score, texts, trie, toks):
+        """Phrase record; an unconstrained phrase gets its trie id if it exists, else -1."""
+        if not isinstance(pid, int):
+            body = list(pid)
+            pid = trie.contains(body + [trie.terminator])
+            text = texts[pid] if pid >= 0 else self.tables.vocab.decode(body)
+        else:
+            text = texts[pid]
+        return {"id": int(pid), "text": text, "score": float(score)}

@@ -1,0 +1,68 @@
+import copy
+
+import torch
+
+from train.data import collate_train, valid_children_mask
+from train.model import time_bucket
+from train.train import evaluate_loss, train_model
+from train.vocab import BOS, EOS, SEP
+
+
+def test_a_few_steps_lower_the_loss(tiny_world):
+    shop, tables, catalog, model, examples = tiny_world
+    model = copy.deepcopy(model)
+    codes = torch.from_numpy(catalog.codes)
+    before = evaluate_loss(model, examples, tables, codes)
+    losses = train_model(model, examples, tables, codes, epochs=3, batch=32, lr=3e-3, seed=0)
+    after = evaluate_loss(model, examples, tables, codes)
+    assert len(losses) >= 10
+    assert after["dec"] < 0.9 * before["dec"]
+    assert after["ret"] < before["ret"]
+
+
+def test_distillation_pulls_student_towards_teacher(tiny_world):
+    shop, tables, catalog, model, examples = tiny_world
+    codes = torch.from_numpy(catalog.codes)
+    teacher = copy.deepcopy(model)
+    train_model(teacher, examples, tables, codes, epochs=2, batch=32, seed=1)
+    student = copy.deepcopy(model)
+    losses = train_model(student, examples, tables, codes, epochs=2, batch=32, seed=2,
+                         teacher=teacher, alpha=0.0)  # distillation loss only
+    assert losses[-1] < losses[0]
+
+
+def test_valid_children_follow_the_tries(tiny_world):
+    shop, tables, catalog, model, examples = tiny_world
+    e = examples[0]
+    seq = e["seq"]
+    mask = valid_children_mask(seq, tables, len(tables.vocab))
+    for i in range(len(seq) - 1):
+        assert mask[i, seq[i + 1]], "the target token is always a valid child"
+    assert mask[0].sum() == len(tables.theme_trie.children(0)[0])
+    sep = seq.index(SEP)
+    assert mask[sep].sum() == len(tables.keyword_trie.children(0)[0])
+    assert seq[0] == BOS and seq[-1] == EOS
+
+
+def test_time_bucket_matches_hstu_formula():
+    dt = torch.tensor([0, 1, 2, 3, -3, 60, 3600, 86400, 10 ** 9, 10 ** 18])
+    got = time_bucket(dt).tolist()
+    import math
+    want = [min(128, max(0, math.floor(math.log(max(abs(x), 1)) / 0.301))) for x in dt.tolist()]
+    assert got == want
+    assert got[0] == 0 and got[-1] == 128
+
+
+def test_incremental_decode_equals_teacher_forcing(tiny_world):
+    shop, tables, catalog, model, examples = tiny_world
+    b = collate_train(examples[:1], tables, model.cfg)
+    with torch.no_grad():
+        mem = model.encode(b)
+        seq = b["seq"][0]
+        full = model.decode_train(mem, seq[:-1].unsqueeze(0))[0]
+        xkv = model.cross_kv(mem)
+        cache = None
+        for pos in range(len(seq) - 1):
+            h, cache = model.decode_step(seq[pos:pos + 1], pos, cache, xkv)
+            step = h @ model.tok_emb.weight.t()
+            assert torch.allclose(step[0], full[pos], atol=1e-5, rtol=1e-5)

@@ -1,0 +1,206 @@
+"""Train the teacher, then distil the student.
+
+Losses, per example (next session's theme, keyword and purchased product as targets):
+- decoder: cross-entropy over the trie's valid children at each position (the distribution the
+  constrained decoder uses, so inference needs logits only for valid children), plus 0.3 x the
+  full-vocabulary cross-entropy (so unconstrained decoding is a fair contrast, not noise);
+- retrieval head: sampled softmax of the purchased product against `negatives` products drawn
+  uniformly per batch (a negative equal to the positive is masked out);
+- student only: alpha x the hard losses + (1 - alpha) x T^2 x KL(teacher || student) of the
+  temperature-softened valid-children distributions and of the sampled retrieval distributions.
+
+    /usr/bin/python3 -m train.train --shop build/demo/shop.json --out build/demo/models
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import shop as shop_mod
+from .data import Catalog, Tables, collate_train, training_examples
+from .model import Config, Model, n_params
+
+TEACHER = dict(d_model=128, n_heads=4, n_enc_layers=2, n_dec_layers=2, d_ff=512, n_queries=8,
+               d_retrieval=64)
+STUDENT = dict(d_model=64, n_heads=4, n_enc_layers=2, n_dec_layers=1, d_ff=256, n_queries=4,
+               d_retrieval=64)
+NEG_INF = -1e9
+
+
+def masked_logits(logits, valid):
+    return logits.masked_fill(~valid, NEG_INF)
+
+
+def forward_losses(model, b, neg, prod_codes):
+    """-> (hard loss, dict of parts, decoder masked logits, retrieval logits)."""
+    mem = model.encode(b)
+    inp, tgt = b["seq"][:, :-1], b["seq"][:, 1:]
+    logits = model.decode_train(mem, inp)
+    keep = tgt != 0
+    ml = masked_logits(logits, b["valid"])
+    ce_masked = F.cross_entropy(ml[keep], tgt[keep])
+    ce_full = F.cross_entropy(logits[keep], tgt[keep])
+    u = model.user_vector(mem)  # (B, R)
+    e_pos = model.product_vectors(prod_codes[b["product"]])  # (B, R)
+    e_neg = model.product_vectors(prod_codes[neg])  # (NEG, R)
+    rl = torch.cat([(u * e_pos).sum(-1, keepdim=True), u @ e_neg.t()], dim=1)
+    clash = torch.cat([torch.zeros(len(u), 1, dtype=torch.bool),
+                       neg.unsqueeze(0) == b["product"].unsqueeze(1)], dim=1)
+    rl = rl.masked_fill(clash, NEG_INF)
+    ce_ret = F.cross_entropy(rl, torch.zeros(len(u), dtype=torch.int64))
+    hard = ce_masked + 0.3 * ce_full + ce_ret
+    parts = {"dec": ce_masked.item(), "dec_full": ce_full.item(), "ret": ce_ret.item()}
+    return hard, parts, (ml, keep), rl
+
+
+def kd_loss(student_logits, teacher_logits, keep, temp):
+    """T^2 KL(teacher || student) of temperature-softened distributions at kept rows."""
+    s = F.log_softmax(student_logits[keep] / temp, dim=-1)
+    t = F.softmax(teacher_logits[keep] / temp, dim=-1)
+    return F.kl_div(s, t, reduction="batchmean") * temp * temp
+
+
+def length_batches(examples, batch, rng, pool=16):
+    """Shuffled batches of similar history length (less padding): sort pools of pool x batch
+    shuffled examples by length, cut them into batches, shuffle the batches."""
+    order = rng.permutation(len(examples))
+    out = []
+    for p0 in range(0, len(order), pool * batch):
+        chunk = sorted(order[p0:p0 + pool * batch], key=lambda i: examples[i]["length"])
+        out.extend(chunk[i:i + batch] for i in range(0, len(chunk), batch))
+    return [out[i] for i in rng.permutation(len(out))]
+
+
+def train_model(model, examples, tables, prod_codes, epochs, batch=128, lr=3e-3, negatives=128,
+                seed=0, teacher=None, alpha=0.5, temp=2.0, log=None, max_steps=None):
+    """Trains in place; returns the list of per-step total losses."""
+    cfg = model.cfg
+    g = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    steps_per_epoch = (len(examples) + batch - 1) // batch
+    total = steps_per_epoch * epochs if max_steps is None else max_steps
+    warm = max(1, total // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine decay to 5%
+        opt, lambda i: (i + 1) / warm if i < warm else
+        0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, (i - warm) / max(1, total - warm)))))
+    losses, step = [], 0
+    n_prod = len(prod_codes)
+    model.train()
+    for ep in range(epochs):
+        for idx in length_batches(examples, batch, rng):
+            if max_steps is not None and step >= max_steps:
+                return losses
+            b = collate_train([examples[i] for i in idx], tables, cfg)
+            neg = torch.randint(0, n_prod, (negatives,), generator=g)
+            hard, parts, (ml, keep), rl = forward_losses(model, b, neg, prod_codes)
+            loss = hard
+            if teacher is not None:
+                with torch.no_grad():
+                    _, _, (tml, _), trl = forward_losses(teacher, b, neg, prod_codes)
+                kd = kd_loss(ml, tml, keep, temp) + kd_loss(
+                    rl, trl, torch.ones(len(rl), dtype=torch.bool), temp)
+                loss = alpha * hard + (1 - alpha) * kd
+                parts["kd"] = kd.item()
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            step += 1
+            if log and step % 50 == 0:
+                log("  epoch %d step %d loss %.4f %s" % (
+                    ep, step, loss.item(), " ".join("%s=%.3f" % kv for kv in parts.items())))
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def evaluate_loss(model, examples, tables, prod_codes, seed=1, negatives=128):
+    g = torch.Generator().manual_seed(seed)
+    model.eval()
+    tot, n = {"dec": 0.0, "dec_full": 0.0, "ret": 0.0}, 0
+    for s0 in range(0, len(examples), 256):
+        chunk = examples[s0:s0 + 256]
+        b = collate_train(chunk, tables, model.cfg)
+        neg = torch.randint(0, len(prod_codes), (negatives,), generator=g)
+        _, parts, _, _ = forward_losses(model, b, neg, prod_codes)
+        for k in tot:
+            tot[k] += parts[k] * len(chunk)
+        n += len(chunk)
+    return {k: v / max(n, 1) for k, v in tot.items()}
+
+
+def save_checkpoint(path, model, extra):
+    torch.save({"config": model.cfg.to_dict(), "state": model.state_dict(), "extra": extra}, path)
+
+
+def load_checkpoint(path):
+    ck = torch.load(path)
+    model = Model(Config(**ck["config"]))
+    model.load_state_dict(ck["state"])
+    model.eval()
+    return model, ck["extra"]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--shop", required=True)
+    ap.add_argument("--out", required=True, help="directory for teacher.pt and student.pt")
+    ap.add_argument("--teacher-epochs", type=int, default=6)
+    ap.add_argument("--student-epochs", type=int, default=6)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-distill", action="store_true",
+                    help="train the student on hard labels only (ablation)")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    shop = shop_mod.load(a.shop)
+    tables = Tables.from_shop(shop)
+    os.makedirs(a.out, exist_ok=True)
+    common = dict(vocab_size=len(tables.vocab), n_regions=len(tables.regions))
+    catalog = Catalog.from_shop(shop, Config(**common).code_levels, Config(**common).codebook)
+    prod_codes = torch.from_numpy(catalog.codes)
+    t0 = time.time()
+    examples = training_examples(shop, tables, catalog, Config(**common))
+    rng = np.random.default_rng(a.seed)
+    perm = rng.permutation(len(examples))
+    n_val = max(1, len(examples) // 20)
+    val = [examples[i] for i in perm[:n_val]]
+    train = [examples[i] for i in perm[n_val:]]
+    log("examples: %d train, %d validation (%.1fs)" % (len(train), len(val), time.time() - t0))
+    report = {}
+    teacher = Model(Config(**common, **TEACHER))
+    log("teacher: %d parameters" % n_params(teacher))
+    t0 = time.time()
+    train_model(teacher, train, tables, prod_codes, a.teacher_epochs, seed=a.seed, log=log)
+    report["teacher"] = {"params": n_params(teacher), "train_seconds": round(time.time() - t0, 1),
+                         "val_loss": evaluate_loss(teacher, val, tables, prod_codes)}
+    log("teacher: %s" % json.dumps(report["teacher"]))
+    save_checkpoint(os.path.join(a.out, "teacher.pt"), teacher, report["teacher"])
+    torch.manual_seed(a.seed + 1)
+    student = Model(Config(**common, **STUDENT))
+    log("student: %d parameters" % n_params(student))
+    t0 = time.time()
+    train_model(student, train, tables, prod_codes, a.student_epochs, seed=a.seed + 1,
+                teacher=None if a.no_distill else teacher, log=log)
+    report["student"] = {"params": n_params(student), "train_seconds": round(time.time() - t0, 1),
+                         "distilled": not a.no_distill,
+                         "val_loss": evaluate_loss(student, val, tables, prod_codes)}
+    log("student: %s" % json.dumps(report["student"]))
+    save_checkpoint(os.path.join(a.out, "student.pt"), student, report["student"])
+    with open(os.path.join(a.out, "training.json"), "w") as f:
+        json.dump(report, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
