@@ -26,9 +26,13 @@ $(DEMO)/shop.json: train/shop.py
 $(DEMO)/models/student.pt: $(DEMO)/shop.json $(MODEL_SRC)
 	$(PY) -m train.train --shop $(DEMO)/shop.json --out $(DEMO)/models --threads $(THREADS)
 
-$(DEMO)/bundle/manifest.json: $(DEMO)/models/student.pt train/export.py train/bundle.py
+$(DEMO)/models/%-ranker.json: $(DEMO)/models/student.pt train/tune.py train/cascade.py
+	$(PY) -m train.tune --checkpoint $(DEMO)/models/$*.pt --shop $(DEMO)/shop.json --out $@ \
+	  --threads $(THREADS)
+
+$(DEMO)/bundle/manifest.json: $(DEMO)/models/student-ranker.json train/export.py train/bundle.py
 	$(PY) -m train.export --checkpoint $(DEMO)/models/student.pt --shop $(DEMO)/shop.json \
-	  --bundle $(DEMO)/bundle --catalog $(DEMO)/catalog \
+	  --bundle $(DEMO)/bundle --catalog $(DEMO)/catalog --ranker $< \
 	  --metrics $(DEMO)/models/training.json --force
 
 bundle: deps $(DEMO)/bundle/manifest.json
@@ -39,9 +43,11 @@ $(DEMO)/golden.safetensors: $(DEMO)/bundle/manifest.json train/golden.py train/c
 
 golden: bundle $(DEMO)/golden.safetensors
 
-$(DEMO)/eval.json: $(DEMO)/bundle/manifest.json train/evaluate.py train/cascade.py
+$(DEMO)/eval.json: $(DEMO)/bundle/manifest.json $(DEMO)/models/teacher-ranker.json \
+		train/evaluate.py train/cascade.py
 	$(PY) -m train.evaluate --shop $(DEMO)/shop.json --bundle $(DEMO)/bundle \
-	  --catalog $(DEMO)/catalog --teacher $(DEMO)/models/teacher.pt --out $@
+	  --catalog $(DEMO)/catalog --teacher $(DEMO)/models/teacher.pt \
+	  --teacher-ranker $(DEMO)/models/teacher-ranker.json --out $@
 
 eval: bundle $(DEMO)/eval.json
 	@$(PY) -c "import json,sys; from train.evaluate import print_table; print_table(json.load(open('$(DEMO)/eval.json')))"

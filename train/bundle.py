@@ -21,6 +21,7 @@ BUNDLE_FORMAT, CATALOG_FORMAT, FORMAT_VERSION = "vitrine-bundle", "vitrine-catal
 BUNDLE_FILES = ("model.safetensors", "vocab.txt", "themes.tsv", "keywords.tsv")
 CATALOG_FILES = ("products.tsv", "embeddings.safetensors")
 SEASON_NAMES = ("winter", "spring", "summer", "autumn")
+PRODUCTS_HEADER = "index\tid\tstock\tregions\tseasons\tkeywords\tcodes\tpopularity\trelated\ttitle"
 _DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
            "BF16": None}  # BF16 is widened to float32 on load
 _NP_TO_ST = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16",
@@ -160,7 +161,7 @@ def _write_lines(path, lines):
 
 
 def export_bundle(out_dir, model, tables, metrics=None, force=False, name="student",
-                  decode=None):
+                  decode=None, ranker=None):
     check_weights(model)
     tmp = _prepare(out_dir, force)
     state = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in model.state_dict().items()}
@@ -173,7 +174,7 @@ def export_bundle(out_dir, model, tables, metrics=None, force=False, name="stude
                  ["%d\t%s" % (i, k) for i, k in enumerate(tables.keyword_texts)])
     files = {f: {"sha256": sha256_file(os.path.join(tmp, f)),
                  "bytes": os.path.getsize(os.path.join(tmp, f))} for f in BUNDLE_FILES}
-    from .cascade import KEYWORD_BEAM, THEME_BEAM
+    from .cascade import DEFAULT_RANKER, KEYWORD_BEAM, THEME_BEAM
     manifest = {
         "format": BUNDLE_FORMAT, "format_version": FORMAT_VERSION,
         "model_version": "%s-%s" % (name, files["model.safetensors"]["sha256"][:12]),
@@ -181,6 +182,7 @@ def export_bundle(out_dir, model, tables, metrics=None, force=False, name="stude
         "decode": decode or {"theme_beam": THEME_BEAM, "keyword_beam": KEYWORD_BEAM},
         "special_tokens": {s.strip("<>"): i for i, s in enumerate(SPECIALS)},
         "actions": list(ACTIONS), "regions": tables.regions, "limits": LIMITS,
+        "ranker": dict(DEFAULT_RANKER, **(ranker or {})),
         "files": files, "metrics": metrics or {},
     }
     with open(os.path.join(tmp, "manifest.json"), "w") as f:
@@ -201,7 +203,7 @@ def export_catalog(out_dir, catalog, tables, model, model_version, version, forc
     if not np.isfinite(emb).all():
         raise ValueError("product embeddings have NaN or Inf values")
     tmp = _prepare(out_dir, force)
-    rows = ["index\tid\tstock\tregions\tseasons\tkeywords\tcodes\ttitle"]
+    rows = [PRODUCTS_HEADER]
     for i, pid in enumerate(catalog.ids):
         rows.append("\t".join([
             str(i), pid, str(catalog.stock[i]),
@@ -209,6 +211,8 @@ def export_catalog(out_dir, catalog, tables, model, model_version, version, forc
             ",".join(SEASON_NAMES[s] for s in catalog.seasons[i]),
             ",".join(str(k) for k in catalog.keywords[i]),
             ",".join(str(int(c)) for c in catalog.codes[i]),
+            str(catalog.popularity[i]),
+            ",".join("%d:%.9g" % (b, w) for b, w in catalog.related[i]),
             catalog.titles[i].replace("\t", " ")]))
     _write_lines(os.path.join(tmp, "products.tsv"), rows)
     write_safetensors(os.path.join(tmp, "embeddings.safetensors"), {"product_embeddings": emb},
@@ -342,16 +346,16 @@ def load_catalog(d, tables, cfg, model_version=None):
                           (mpath, m.get("model_version"), model_version))
     path = os.path.join(d, "products.tsv")
     rows = _lines(path)
-    if not rows or rows[0] != "index\tid\tstock\tregions\tseasons\tkeywords\tcodes\ttitle":
+    if not rows or rows[0] != PRODUCTS_HEADER:
         raise BundleError("%s: missing or wrong header line" % path)
     rname = {r["name"]: i for i, r in enumerate(tables.regions)}
-    ids, titles, kws, regs, seas, stock, codes = [], [], [], [], [], [], []
+    ids, titles, kws, regs, seas, stock, codes, pop, rel = [], [], [], [], [], [], [], [], []
     for n, line in enumerate(rows[1:]):
         ln = n + 2
         p = line.split("\t")
         try:
-            if len(p) != 8 or p[0] != str(n):
-                raise ValueError("expected 8 fields starting with index %d" % n)
+            if len(p) != 10 or p[0] != str(n):
+                raise ValueError("expected 10 fields starting with index %d" % n)
             k = [int(x) for x in p[5].split(",") if x]
             c = [int(x) for x in p[6].split(",")]
             if any(x < 0 or x >= len(tables.keyword_texts) for x in k):
@@ -362,10 +366,20 @@ def load_catalog(d, tables, cfg, model_version=None):
             regs.append([rname[x] for x in p[3].split(",") if x])
             seas.append([SEASON_NAMES.index(x) for x in p[4].split(",") if x])
             stock.append(int(p[2]))
+            pop.append(int(p[7]))
+            if pop[-1] < 0:
+                raise ValueError("popularity must be >= 0")
+            r = []
+            for pair in (x for x in p[8].split(",") if x):
+                b, w = pair.split(":")
+                r.append((int(b), float(np.float32(float(w)))))
+                if not 0 <= r[-1][0] < len(rows) - 1 or not math.isfinite(r[-1][1]):
+                    raise ValueError("related entry %r out of range" % pair)
+            rel.append(r)
         except (ValueError, KeyError) as e:
             raise BundleError("%s:%d: %s" % (path, ln, e))
         ids.append(p[1])
-        titles.append(p[7])
+        titles.append(p[9])
         kws.append(k)
         codes.append(c)
     if len(ids) != m.get("n_products"):
@@ -381,7 +395,7 @@ def load_catalog(d, tables, cfg, model_version=None):
         raise BundleError("%s: product_embeddings has NaN or Inf values" % epath)
     try:
         cat = Catalog(ids, titles, kws, regs, seas, stock, codes, len(tables.keyword_texts),
-                      embeddings=emb.astype(np.float32))
+                      embeddings=emb.astype(np.float32), popularity=pop, related=rel)
     except ValueError as e:
         raise BundleError("%s: %s" % (path, e))
     return cat, m

@@ -8,7 +8,9 @@
 4. Retrieval: a section's candidates are the products of its keywords (keyword order, then
    product index); filtered by the business rules (excluded ids, stock <= 0, not sold in the
    region, not suited to the region's season at `now`, already shown in an earlier section);
-   scored s = u . e_p; the best `products_per_section` kept. A product is credited to the first
+   scored by the retrieval head plus item-to-item features of the history (see pick and
+   history_features; weights tuned on validation shoppers by train.tune and carried in the
+   bundle's manifest); the best `products_per_section` kept. A product is credited to the first
    (best) keyword of the section that retrieves it.
 
 Beam search, deterministic by construction (the C engine follows it to the bit):
@@ -23,6 +25,8 @@ Beam search, deterministic by construction (the C engine follows it to the bit):
   are <= 0, so no live beam can overtake: exact).
 - Finished hypotheses are ranked by descending score, then ascending phrase id.
 """
+import math
+
 import numpy as np
 import torch
 
@@ -32,7 +36,9 @@ from .vocab import BOS, EOS, SEP, UNK, PAD
 
 THEME_BEAM = 8
 KEYWORD_BEAM = 8
-MAX_FREE_WORDS = 6  # unconstrained decoding stops a phrase after this many words
+MAX_FREE_WORDS = 6
+# product score weights; a bundle's manifest carries tuned ones (train.tune)
+DEFAULT_RANKER = {"again": 0.0, "cooc": 0.0, "popularity": 0.0, "decay": 0.8}  # unconstrained decoding stops a phrase after this many words
 
 
 def season_now(tables, region, now):
@@ -41,8 +47,11 @@ def season_now(tables, region, now):
 
 
 class Cascade:
-    def __init__(self, model, tables, catalog, theme_beam=THEME_BEAM, keyword_beam=KEYWORD_BEAM):
+    def __init__(self, model, tables, catalog, ranker=None, theme_beam=THEME_BEAM,
+                 keyword_beam=KEYWORD_BEAM):
         self.model, self.tables, self.catalog = model, tables, catalog
+        self.ranker = dict(DEFAULT_RANKER, **(ranker or {}))
+        self.log_pop = [np.float32(math.log1p(x)) for x in catalog.popularity]
         self.theme_beam, self.keyword_beam = theme_beam, keyword_beam
         if catalog.embeddings is None:
             with torch.no_grad():
@@ -51,6 +60,13 @@ class Cascade:
         self.emb = torch.from_numpy(np.ascontiguousarray(catalog.embeddings, dtype=np.float32))
         words = [i for i in range(len(tables.vocab)) if i not in (PAD, BOS, SEP, EOS, UNK)]
         self.free_words = words
+
+    @classmethod
+    def from_manifest(cls, model, tables, catalog, manifest):
+        """The cascade a bundle describes: its ranker weights and beam widths."""
+        d = manifest.get("decode", {})
+        return cls(model, tables, catalog, manifest.get("ranker"),
+                   d.get("theme_beam", THEME_BEAM), d.get("keyword_beam", KEYWORD_BEAM))
 
     # ---- beam search ------------------------------------------------------------------------
     def _children(self, trie, state, terminator):
@@ -118,8 +134,9 @@ class Cascade:
 
     # ---- the cascade ----------------------------------------------------------------------
     @torch.no_grad()
-    def recommend(self, req, trace=None, constrained=True):
-        """Request dict -> storefront dict. trace: list collecting (name, tensor) intermediates."""
+    def recommend(self, req, trace=None, constrained=True, collect=None):
+        """Request dict -> storefront dict. trace: list collecting (name, tensor) intermediates;
+        collect: list receiving (u, [section candidates]) for re-ranking (train.tune)."""
         t, cat, m = self.tables, self.catalog, self.model
         events, dropped = validate_request(req, t, m.cfg)
         f = featurize_one(events, req["now"], req["region"], t, cat, m.cfg)
@@ -132,8 +149,9 @@ class Cascade:
         kw_trie = t.keyword_trie if constrained else None
         themes = self.beam_search(self._expand(xkv, 1), [BOS], theme_trie, SEP,
                                   max(self.theme_beam, n_sec), n_sec, trace)
-        sections, shown = [], set()
+        sections, shown, all_cands = [], set(), []
         exclude = set(req.get("exclude", []))
+        hist = self.history_features(events)
         season = season_now(t, req["region"], req["now"])
         region = t.region_index[req["region"]]
         for th_score, th_id, th_toks in themes:
@@ -142,30 +160,77 @@ class Cascade:
             sec = {"theme": self._phrase(th_id, th_score, t.theme_texts, t.theme_trie, th_toks),
                    "keywords": [self._phrase(k_id, k_s, t.keyword_texts, t.keyword_trie, k_toks)
                                 for k_s, k_id, k_toks in kws]}
-            cand, credit = [], {}
-            for kw in sec["keywords"]:
-                if kw["id"] < 0:
-                    continue  # an unconstrained keyword that is not in the catalogue
-                for p in cat.kw_products[kw["id"]]:
-                    if p in credit:
-                        continue
-                    credit[p] = kw["id"]
-                    if (cat.ids[p] in exclude or cat.stock[p] <= 0 or p in shown
-                            or region not in cat.regions[p] or season not in cat.seasons[p]):
-                        continue
-                    cand.append(p)
-            prods = []
-            if cand:
-                scores = self.emb[cand] @ u
-                order = sorted(range(len(cand)), key=lambda i: (-float(scores[i]), cand[i]))
-                for i in order[:n_prod]:
-                    p = cand[i]
-                    shown.add(p)
-                    prods.append({"id": cat.ids[p], "index": p, "score": float(scores[i]),
-                                  "keyword": credit[p]})
+            cands = self.section_candidates(sec["keywords"], exclude, region, season, hist)
+            all_cands.append(cands)
+            prods = self.pick(cands, shown, n_prod, u)
             sec["products"] = prods
             sections.append(sec)
+        if collect is not None:
+            collect.append((u, all_cands))
         return {"sections": sections, "dropped_events": dropped}
+
+    # ---- retrieval and ranking ----------------------------------------------------------------
+    def history_features(self, events):
+        """Item-to-item features of a history: (again, cooc) dicts product -> float32.
+        Known catalogue items of the kept events, newest first, get weights 1, d, d^2, ...
+        (d = ranker decay, float32 products); again[p] sums the weights of p's own occurrences,
+        cooc[q] sums weight x related(p -> q) over history items p."""
+        cat, d = self.catalog, np.float32(self.ranker["decay"])
+        again, cooc = {}, {}
+        w = np.float32(1.0)
+        for e in reversed(events):
+            p = cat.index.get(e["item"]) if e.get("item") is not None else None
+            if p is None:
+                continue
+            again[p] = np.float32(again.get(p, np.float32(0)) + w)
+            for q, wt in cat.related[p]:
+                cooc[q] = np.float32(cooc.get(q, np.float32(0)) + w * np.float32(wt))
+            w = np.float32(w * d)
+        return again, cooc
+
+    def section_candidates(self, keywords, exclude, region, season, hist):
+        """Products of a section's keywords passing the business rules (not yet de-duplicated
+        against earlier sections): list of (product, crediting keyword, again, cooc)."""
+        cat = self.catalog
+        again, cooc = hist
+        out, seen = [], set()
+        for kw in keywords:
+            if kw["id"] < 0:
+                continue  # an unconstrained keyword that is not in the catalogue
+            for p in cat.kw_products[kw["id"]]:
+                if p in seen:
+                    continue
+                seen.add(p)
+                if (cat.ids[p] in exclude or cat.stock[p] <= 0 or region not in cat.regions[p]
+                        or season not in cat.seasons[p]):
+                    continue
+                out.append((p, kw["id"], again.get(p, np.float32(0)),
+                            cooc.get(p, np.float32(0))))
+        return out
+
+    def pick(self, cands, shown, n, u, ranker=None):
+        """Scores the candidates not yet shown, keeps the best n (ties: lower product index) and
+        marks them shown. score = u.e_p + again_w again + cooc_w cooc + pop_w log1p(popularity),
+        summed left to right in float32."""
+        r = ranker or self.ranker
+        if not cands:
+            return []
+        dots = (self.emb[[c[0] for c in cands]] @ u).numpy()
+        wa, wc, wp = (np.float32(r[k]) for k in ("again", "cooc", "popularity"))
+        scored = []
+        for (p, kw, ag, co), dot in zip(cands, dots):
+            if p in shown:
+                continue
+            s = np.float32(dot) + wa * ag
+            s = np.float32(s + wc * co)
+            s = np.float32(s + wp * self.log_pop[p])
+            scored.append((-float(s), p, kw, float(s)))
+        scored.sort()
+        out = []
+        for _, p, kw, s in scored[:n]:
+            shown.add(p)
+            out.append({"id": self.catalog.ids[p], "index": p, "score": s, "keyword": kw})
+        return out
 
     def _phrase(self, pid, score, texts, trie, toks):
         """Phrase record; an unconstrained phrase gets its trie id if it exists, else -1."""

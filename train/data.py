@@ -91,12 +91,44 @@ def dedup_level(codes, codebook):
     return out
 
 
+RELATED_WINDOW, RELATED_TOP = 8, 24
+
+
+def interaction_stats(shop):
+    """Catalogue statistics from observed events (never a held-out session):
+    popularity[p] = purchases of p; related[a] = the RELATED_TOP products b that most often
+    followed a within RELATED_WINDOW item events of one shopper, weight = count(a->b)/count(a->*)
+    rounded to float32."""
+    from .shop import observed
+    n = len(shop["products"])
+    pop = [0] * n
+    follow = {}
+    for s in shop["shoppers"]:
+        items = []
+        for e in observed(s):
+            if e["action"] == 3:
+                pop[e["item"]] += 1
+            if e["item"] is not None and (not items or items[-1] != e["item"]):
+                items.append(e["item"])
+        for i, a in enumerate(items):
+            row = follow.setdefault(a, {})
+            for b in items[i + 1:i + 1 + RELATED_WINDOW]:
+                if b != a:
+                    row[b] = row.get(b, 0) + 1
+    related = [[] for _ in range(n)]
+    for a, row in follow.items():
+        total = sum(row.values())
+        top = sorted(row.items(), key=lambda kv: (-kv[1], kv[0]))[:RELATED_TOP]
+        related[a] = [(b, float(np.float32(c / total))) for b, c in top]
+    return pop, related
+
+
 class Catalog:
     """Products with their keywords, attributes and semantic codes (embeddings are added by the
     exporter, which runs the model's product tower)."""
 
     def __init__(self, ids, titles, keywords, regions, seasons, stock, codes, n_keywords,
-                 embeddings=None):
+                 embeddings=None, popularity=None, related=None):
         self.ids, self.titles, self.keywords = list(ids), list(titles), [list(k) for k in keywords]
         self.regions, self.seasons = [list(r) for r in regions], [list(s) for s in seasons]
         self.stock = list(stock)
@@ -109,6 +141,16 @@ class Catalog:
             for k in ks:
                 self.kw_products[k].append(i)
         self.embeddings = embeddings
+        self.popularity = list(popularity) if popularity is not None else [0] * len(self.ids)
+        # related[a]: [(b, weight)], the products that followed a in shoppers' histories
+        self.related = [list(r) for r in related] if related is not None else \
+            [[] for _ in self.ids]
+
+    def with_embeddings(self, embeddings):
+        """The same catalogue with other product embeddings (another model's product tower)."""
+        return Catalog(self.ids, self.titles, self.keywords, self.regions, self.seasons,
+                       self.stock, self.codes, len(self.kw_products), embeddings,
+                       self.popularity, self.related)
 
     @classmethod
     def from_shop(cls, shop, cfg_levels, cfg_codebook, seed=0):
@@ -129,9 +171,11 @@ class Catalog:
                 feats[i, -4 + r] = 0.3
         codes = residual_kmeans(feats, cfg_levels - 1, cfg_codebook, seed)
         codes = np.concatenate([codes, dedup_level(codes, cfg_codebook)], axis=1)
+        pop, related = interaction_stats(shop)
         return cls([p["id"] for p in prods], [p["title"] for p in prods],
                    [p["keywords"] for p in prods], [p["regions"] for p in prods],
-                   [p["seasons"] for p in prods], [p["stock"] for p in prods], codes, n_kw)
+                   [p["seasons"] for p in prods], [p["stock"] for p in prods], codes, n_kw,
+                   popularity=pop, related=related)
 
 
 class RequestError(ValueError):

@@ -10,8 +10,9 @@ products for the history before that session:
   catalogue, i.e. what the server loads); cascade-student-unconstrained decodes over the whole
   vocabulary instead of the tries, for contrast.
 
-A storefront becomes one ranked list by taking the sections' products round-robin: the first
-product of each section in section order, then the second of each, and so on.
+A storefront becomes one ranked list either round-robin (the first product of each section in
+section order, then the second of each, ...) or by descending product score; the page shape and
+which of the two are chosen on the validation shoppers by train.tune (recorded in the bundle).
 
 Metrics: recall@10 and ndcg@10 of the target (one target per shopper, so recall is the hit rate),
 the same on shoppers whose intent drifted, storefront hit rate (target anywhere on the page), theme
@@ -34,26 +35,22 @@ import torch
 from . import shop as shop_mod
 from .bundle import load_bundle, load_catalog
 from .cascade import Cascade, season_now
-from .data import Catalog, make_request
+from .data import make_request
 from .model import n_params
 from .train import load_checkpoint
+from .tune import page_ranking
 
 K = 10
 
 
-def ranked_list(storefront):
-    secs = [s["products"] for s in storefront["sections"]]
-    out = []
-    for r in range(max((len(s) for s in secs), default=0)):
-        out.extend(s[r]["index"] for s in secs if r < len(s))
-    return out
+def ranked_list(storefront, mode):
+    return page_ranking([s["products"] for s in storefront["sections"]], mode)
 
 
 def popularity(shop, n):
     counts = np.zeros(n)
     for s in shop["shoppers"]:
-        stop = len(s["events"]) if s["split"] == "train" else s["sessions"][-1]["first_event"]
-        for e in s["events"][:stop]:
+        for e in shop_mod.observed(s):
             if e["action"] == 3:
                 counts[e["item"]] += 1
     return [int(i) for i in sorted(range(n), key=lambda i: (-counts[i], i))]
@@ -62,9 +59,8 @@ def popularity(shop, n):
 def cooccurrence(shop, n, window=8):
     c = np.zeros((n, n), dtype=np.float32)
     for s in shop["shoppers"]:
-        stop = len(s["events"]) if s["split"] == "train" else s["sessions"][-1]["first_event"]
         items = []
-        for e in s["events"][:stop]:
+        for e in shop_mod.observed(s):
             if e["item"] is not None and (not items or items[-1] != e["item"]):
                 items.append(e["item"])
         for i, a in enumerate(items):
@@ -128,7 +124,8 @@ def violations(products, region, season, catalog):
                or season not in catalog.seasons[p])
 
 
-def evaluate(shop, systems, catalog, tables, sections=3, kws=3, prods=4, limit=None, log=None):
+def evaluate(shop, systems, catalog, tables, sections=3, kws=4, prods=4, ranking="round-robin",
+             limit=None, log=None):
     """systems: name -> Cascade or ("baseline", fn(shopper, history) -> ranked list)."""
     shoppers = [s for s in shop["shoppers"] if s["split"] == "eval"][:limit]
     scores = {name: Scores() for name in systems}
@@ -139,7 +136,7 @@ def evaluate(shop, systems, catalog, tables, sections=3, kws=3, prods=4, limit=N
         target = last["purchase"]
         req = make_request(hist, now, rname, catalog, sections, kws, prods)
         for name, sysm in systems.items():
-            if isinstance(sysm, tuple):
+            if sysm[0] == "baseline":
                 ranked = sysm[1](s, hist)
                 top = ranked[:K]
                 scores[name].add(ranked, target, s["drifted"],
@@ -149,7 +146,7 @@ def evaluate(shop, systems, catalog, tables, sections=3, kws=3, prods=4, limit=N
             t0 = time.perf_counter()
             sf = cascade.recommend(req, constrained=constrained)
             dt = time.perf_counter() - t0
-            ranked = ranked_list(sf)
+            ranked = ranked_list(sf, ranking)
             top = ranked[:K]
             phrases = [sec["theme"] for sec in sf["sections"]] + \
                 [k for sec in sf["sections"] for k in sec["keywords"]]
@@ -183,13 +180,15 @@ def main(argv=None):
     ap.add_argument("--bundle", required=True)
     ap.add_argument("--catalog", required=True)
     ap.add_argument("--teacher", help="teacher checkpoint")
+    ap.add_argument("--teacher-ranker", help="the teacher's ranker.json from train.tune")
     ap.add_argument("--extra", nargs="*", default=[],
                     help="NAME=CHECKPOINT more student checkpoints to evaluate (ablations)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--limit", type=int)
-    ap.add_argument("--sections", type=int, default=3)
-    ap.add_argument("--keywords", type=int, default=3)
-    ap.add_argument("--products", type=int, default=4)
+    ap.add_argument("--sections", type=int, help="default: the tuned page shape in the bundle")
+    ap.add_argument("--keywords", type=int)
+    ap.add_argument("--products", type=int)
+    ap.add_argument("--ranking", choices=("round-robin", "score"))
     ap.add_argument("--threads", type=int, default=1, help="torch threads (latency is per request)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -208,28 +207,34 @@ def main(argv=None):
     params = {"cascade-student": n_params(student)}
     if a.teacher:
         teacher, _ = load_checkpoint(a.teacher)
-        tcat = Catalog(catalog.ids, catalog.titles, catalog.keywords, catalog.regions,
-                       catalog.seasons, catalog.stock, catalog.codes, len(tables.keyword_texts))
-        systems["cascade-teacher"] = (Cascade(teacher, tables, tcat), True)
+        tr = manifest.get("ranker")
+        if a.teacher_ranker:
+            with open(a.teacher_ranker) as f:
+                tr = json.load(f)["ranker"]
+        systems["cascade-teacher"] = (Cascade(teacher, tables, catalog.with_embeddings(None), tr),
+                                      True)
         params["cascade-teacher"] = n_params(teacher)
     for spec in a.extra:
         name, path = spec.split("=", 1)
         m, _ = load_checkpoint(path)
-        ecat = Catalog(catalog.ids, catalog.titles, catalog.keywords, catalog.regions,
-                       catalog.seasons, catalog.stock, catalog.codes, len(tables.keyword_texts))
-        systems[name] = (Cascade(m, tables, ecat), True)
+        systems[name] = (Cascade(m, tables, catalog.with_embeddings(None),
+                                 manifest.get("ranker")), True)
         params[name] = n_params(m)
-    student_cascade = Cascade(student, tables, catalog)
+    student_cascade = Cascade.from_manifest(student, tables, catalog, manifest)
     systems["cascade-student"] = (student_cascade, True)
     systems["cascade-student-unconstrained"] = (student_cascade, False)
     params["cascade-student-unconstrained"] = params["cascade-student"]
     t0 = time.time()
-    res = evaluate(shop, systems, catalog, tables, a.sections, a.keywords, a.products, a.limit,
-                   log)
+    page = dict({"sections": 3, "keywords": 4, "products": 4, "ranking": "round-robin"},
+                **manifest.get("metrics", {}).get("ranker_tuning", {}).get("storefront", {}))
+    for k in ("sections", "keywords", "products", "ranking"):
+        if getattr(a, k) is not None:
+            page[k] = getattr(a, k)
+    res = evaluate(shop, systems, catalog, tables, page["sections"], page["keywords"],
+                   page["products"], page["ranking"], a.limit, log)
     for name, n in params.items():
         res[name]["params"] = n
-    result = {"storefront": {"sections": a.sections, "keywords_per_section": a.keywords,
-                             "products_per_section": a.products, "ranking": "round-robin"},
+    result = {"storefront": page,
               "threads": a.threads, "model_version": manifest["model_version"],
               "seconds": round(time.time() - t0, 1), "systems": res}
     with open(a.out, "w") as f:

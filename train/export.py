@@ -26,6 +26,7 @@ def main(argv=None):
     ap.add_argument("--name", default="student")
     ap.add_argument("--metrics", nargs="*", default=[],
                     help="JSON files merged into the manifest's metrics")
+    ap.add_argument("--ranker", help="ranker.json from train.tune (product score weights)")
     ap.add_argument("--force", action="store_true", help="overwrite existing output directories")
     a = ap.parse_args(argv)
     model, extra = load_checkpoint(a.checkpoint)
@@ -37,7 +38,12 @@ def main(argv=None):
         with open(p) as f:
             metrics[os.path.splitext(os.path.basename(p))[0]] = json.load(f)
     try:
-        m = export_bundle(a.bundle, model, tables, metrics, a.force, a.name)
+        ranker = None
+        if a.ranker:
+            with open(a.ranker) as f:
+                tuned = json.load(f)
+            ranker, metrics["ranker_tuning"] = tuned["ranker"], tuned
+        m = export_bundle(a.bundle, model, tables, metrics, a.force, a.name, ranker=ranker)
         c = export_catalog(a.catalog, catalog, tables, model, m["model_version"],
                            "shop-seed%d-%dp" % (shop["params"]["seed"], len(catalog.ids)),
                            a.force)

@@ -105,7 +105,7 @@ def main(argv=None):
     model, tables, manifest = load_bundle(a.bundle)
     catalog, cman = load_catalog(a.catalog, tables, model.cfg, manifest["model_version"])
     shop = shop_mod.load(a.shop)
-    cascade = Cascade(model, tables, catalog)
+    cascade = Cascade.from_manifest(model, tables, catalog, manifest)
     reqs = golden_requests(shop, catalog, model.cfg.max_events, a.n)
     tensors, fronts = {}, []
     for i, req in enumerate(reqs):

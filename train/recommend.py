@@ -51,7 +51,7 @@ def main(argv=None):
         f = sys.stdin if a.request == "-" else open(a.request)
         with f:
             req = json.load(f)
-        front = Cascade(model, tables, catalog).recommend(req)
+        front = Cascade.from_manifest(model, tables, catalog, manifest).recommend(req)
     except (OSError, json.JSONDecodeError, RequestError) as e:
         print("recommend: %s: %s" % (a.request, e), file=sys.stderr)
         return 2

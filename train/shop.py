@@ -3,7 +3,8 @@
 What makes it a useful test of the cascade:
 - themes are named collections of keyword phrases; products carry one or two keywords of a theme;
 - products are sold in some regions and suit some seasons (tropical regions have no winter,
-  the southern hemisphere has its seasons flipped);
+  the southern hemisphere has its seasons flipped); stock is today's, so shoppers (almost) never
+  buy what is out of stock; within a theme, a heavy-tailed "appeal" makes a few products popular;
 - shoppers move between themes (intent *drift*) along a fixed theme-transition structure, more often
   for "drifters", and prefer themes that suit the season where they live at that moment;
 - each shopper's last session (ending in a purchase) is held out as ground truth.
@@ -51,7 +52,7 @@ def _choice(rng, n, p=None):
 
 
 def generate(seed=7, n_themes=24, kw_per_theme=6, n_products=1200, n_shoppers=3000,
-             n_eval=600, min_sessions=3, max_sessions=10, start=1735689600):
+             n_eval=600, min_sessions=3, max_sessions=10, start=1735689600, n_valid=300):
     """Build the shop. `start` is the earliest shopper start (default 2025-01-01 UTC)."""
     rng = np.random.default_rng(seed)
     # --- themes: unique 3-word names, a season mask, 2..3 successor themes (the drift structure)
@@ -129,7 +130,8 @@ def generate(seed=7, n_themes=24, kw_per_theme=6, n_products=1200, n_shoppers=30
         cand = by_theme[theme]
         w = np.array([products[c]["appeal"] *
                       (1.0 if region in products[c]["regions"] else 0.02) *
-                      (1.0 if season in products[c]["seasons"] else 0.05) for c in cand])
+                      (1.0 if season in products[c]["seasons"] else 0.05) *
+                      (1.0 if products[c]["stock"] > 0 else 0.001) for c in cand])
         return cand[_choice(rng, len(cand), w / w.sum())]
 
     def theme_weights(prev, season, stay):
@@ -149,7 +151,7 @@ def generate(seed=7, n_themes=24, kw_per_theme=6, n_products=1200, n_shoppers=30
 
     # --- shoppers
     shoppers = []
-    for s in range(n_shoppers + n_eval):
+    for s in range(n_shoppers + n_valid + n_eval):
         region = int(rng.integers(len(REGIONS)))
         _, off, fixed = REGIONS[region]
         drifter = bool(rng.random() < 0.4)
@@ -197,12 +199,14 @@ def generate(seed=7, n_themes=24, kw_per_theme=6, n_products=1200, n_shoppers=30
             "sessions": sessions,
             # drifted: the held-out theme is not the theme of the shopper's latest session
             "drifted": bool(sessions[-1]["theme"] != prev_themes[-1]),
-            "split": "train" if s < n_shoppers else "eval",
+            # valid shoppers tune the ranker, eval shoppers are only ever evaluated on
+            "split": "train" if s < n_shoppers else "valid" if s < n_shoppers + n_valid else "eval",
         })
     return {
         "format": "vitrine-shop", "version": 1,
         "params": {"seed": seed, "n_themes": n_themes, "kw_per_theme": kw_per_theme,
                    "n_products": n_products, "n_shoppers": n_shoppers, "n_eval": n_eval,
+                   "n_valid": n_valid,
                    "min_sessions": min_sessions, "max_sessions": max_sessions, "start": start},
         "actions": list(ACTIONS), "seasons": list(SEASONS),
         "regions": [{"name": n, "season_offset": o, "fixed_season": f} for n, o, f in REGIONS],
@@ -210,6 +214,13 @@ def generate(seed=7, n_themes=24, kw_per_theme=6, n_products=1200, n_shoppers=30
                                        for i, k in enumerate(kw_text)],
         "products": products, "shoppers": shoppers,
     }
+
+
+def observed(shopper):
+    """The events the shop may learn from: all of a training shopper's, the history of the others."""
+    if shopper["split"] == "train":
+        return shopper["events"]
+    return shopper["events"][:shopper["sessions"][-1]["first_event"]]
 
 
 def holdout(shopper):
@@ -234,11 +245,12 @@ def main(argv=None):
     ap.add_argument("--keywords-per-theme", type=int, default=6)
     ap.add_argument("--products", type=int, default=1200)
     ap.add_argument("--shoppers", type=int, default=3000, help="training shoppers")
+    ap.add_argument("--valid-shoppers", type=int, default=300)
     ap.add_argument("--eval-shoppers", type=int, default=600)
     ap.add_argument("--max-sessions", type=int, default=10)
     a = ap.parse_args(argv)
     shop = generate(a.seed, a.themes, a.keywords_per_theme, a.products, a.shoppers,
-                    a.eval_shoppers, max_sessions=a.max_sessions)
+                    a.eval_shoppers, max_sessions=a.max_sessions, n_valid=a.valid_shoppers)
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(shop, f, separators=(",", ":"))

@@ -154,8 +154,11 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--shop", required=True)
     ap.add_argument("--out", required=True, help="directory for teacher.pt and student.pt")
-    ap.add_argument("--teacher-epochs", type=int, default=6)
-    ap.add_argument("--student-epochs", type=int, default=6)
+    ap.add_argument("--teacher-epochs", type=int, default=5)
+    ap.add_argument("--student-epochs", type=int, default=5)
+    ap.add_argument("--teacher-lr", type=float, default=1.5e-3)
+    ap.add_argument("--student-lr", type=float, default=3e-3)
+    ap.add_argument("--only-teacher", action="store_true", help="stop after the teacher")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-distill", action="store_true",
@@ -182,16 +185,20 @@ def main(argv=None):
     teacher = Model(Config(**common, **TEACHER))
     log("teacher: %d parameters" % n_params(teacher))
     t0 = time.time()
-    train_model(teacher, train, tables, prod_codes, a.teacher_epochs, seed=a.seed, log=log)
+    train_model(teacher, train, tables, prod_codes, a.teacher_epochs, lr=a.teacher_lr, seed=a.seed,
+                log=log)
     report["teacher"] = {"params": n_params(teacher), "train_seconds": round(time.time() - t0, 1),
                          "val_loss": evaluate_loss(teacher, val, tables, prod_codes)}
     log("teacher: %s" % json.dumps(report["teacher"]))
     save_checkpoint(os.path.join(a.out, "teacher.pt"), teacher, report["teacher"])
+    if a.only_teacher:
+        return
     torch.manual_seed(a.seed + 1)
     student = Model(Config(**common, **STUDENT))
     log("student: %d parameters" % n_params(student))
     t0 = time.time()
-    train_model(student, train, tables, prod_codes, a.student_epochs, seed=a.seed + 1,
+    train_model(student, train, tables, prod_codes, a.student_epochs, lr=a.student_lr,
+                seed=a.seed + 1,
                 teacher=None if a.no_distill else teacher, log=log)
     report["student"] = {"params": n_params(student), "train_seconds": round(time.time() - t0, 1),
                          "distilled": not a.no_distill,

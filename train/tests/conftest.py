@@ -18,7 +18,7 @@ TINY = dict(d_model=32, n_heads=2, n_enc_layers=1, n_dec_layers=1, d_ff=64, n_qu
 @pytest.fixture(scope="session")
 def tiny_shop():
     return shop_mod.generate(seed=11, n_themes=6, kw_per_theme=4, n_products=120, n_shoppers=80,
-                             n_eval=20, max_sessions=6)
+                             n_eval=20, max_sessions=6, n_valid=10)
 
 
 @pytest.fixture(scope="session")

@@ -35,6 +35,8 @@ def test_round_trip_is_exact(tiny_world, exported):
     assert cat2.ids == catalog.ids and cat2.keywords == catalog.keywords
     assert cat2.regions == catalog.regions and cat2.seasons == catalog.seasons
     assert np.array_equal(cat2.codes, catalog.codes)
+    assert cat2.popularity == catalog.popularity and cat2.related == catalog.related
+    assert any(catalog.related) and any(catalog.popularity)
     with torch.no_grad():
         want = model.product_vectors(torch.from_numpy(catalog.codes)).numpy()
     assert np.array_equal(cat2.embeddings, want)

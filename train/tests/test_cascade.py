@@ -157,3 +157,64 @@ def test_too_many_sections_for_the_themes(tiny_world):
            "keywords_per_section": 2, "products_per_section": 2, "exclude": []}
     with pytest.raises(RequestError, match="at most 6"):
         Cascade(model, tables, catalog).recommend(req)
+
+
+def test_ranker_features_reorder_products(tiny_world):
+    """A large 'again' weight puts a product the shopper already bought first in its section;
+    without it the retrieval head decides; a bought product that is a candidate carries again=1."""
+    shop, tables, catalog, model, _ = tiny_world
+    req = {"now": 1750000000, "region": "eu", "events": [], "sections": 1,
+           "keywords_per_section": 2, "products_per_section": 50, "exclude": []}
+    c = Cascade(model, tables, catalog)
+    got = []
+    c.recommend(req, collect=got)
+    u, (cands,) = got[0]
+    assert len(cands) >= 3 and all(ag == 0 and co == 0 for _, _, ag, co in cands)
+    plain = c.pick(cands, set(), 50, u)
+    target = plain[-1]["index"]  # the head's least favourite candidate
+    bought = [(p, kw, np.float32(1.0) if p == target else ag, co) for p, kw, ag, co in cands]
+    assert c.pick(bought, set(), 50, u)[0]["index"] != target
+    again = c.pick(bought, set(), 50, u, dict(c.ranker, again=100.0))
+    assert again[0]["index"] == target
+    assert again[0]["score"] == pytest.approx(plain[-1]["score"] + 100.0, rel=1e-5)
+    shown = {again[0]["index"]}
+    assert target not in [p["index"] for p in c.pick(bought, shown, 50, u)], "de-duplicated"
+
+
+def test_history_features_decay_newest_first(tiny_world):
+    shop, tables, catalog, model, _ = tiny_world
+    c = Cascade(model, tables, catalog, {"decay": 0.5})
+    a, b = catalog.ids[0], catalog.ids[1]
+    events = [{"action": "view", "ts": 1, "item": a}, {"action": "search", "ts": 2, "query": "x"},
+              {"action": "view", "ts": 3, "item": "unknown"}, {"action": "view", "ts": 4, "item": b},
+              {"action": "cart", "ts": 5, "item": b}]
+    again, cooc = c.history_features(events)
+    assert again[1] == np.float32(1.5) and again[0] == np.float32(0.25)
+    want = {}
+    for p, w in ((1, 1.0), (1, 0.5), (0, 0.25)):
+        for q, wt in catalog.related[p]:
+            want[q] = want.get(q, 0.0) + w * wt
+    assert set(cooc) == set(want)
+    for q in want:
+        assert cooc[q] == pytest.approx(want[q], rel=1e-6)
+
+
+def test_tuning_reranker_matches_the_cascade(tiny_world):
+    """train.tune re-ranks precomputed arrays; it must pick what Cascade.pick picks, bit for bit."""
+    from train.tune import candidate_arrays, fast_pick
+    shop, tables, catalog, model, _ = tiny_world
+    c = Cascade(model, tables, catalog)
+    rng = np.random.default_rng(4)
+    for trial in range(10):
+        req = random_request(rng, shop, catalog, 20)
+        req["products_per_section"] = 5
+        got = []
+        c.recommend(req, collect=got)
+        u, sections = got[0]
+        ranker = dict(c.ranker, again=float(rng.uniform(0, 5)), cooc=float(rng.uniform(0, 40)),
+                      popularity=float(rng.uniform(0, 2)))
+        shown_a, shown_b = set(), set()
+        for cands in sections:
+            a = [(p["index"], p["score"]) for p in c.pick(cands, shown_a, 5, u, ranker)]
+            b = fast_pick(candidate_arrays(c, cands, u), shown_b, 5, ranker)
+            assert a == b

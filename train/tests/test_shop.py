@@ -3,9 +3,9 @@ from train.calendar import civil_from_days, day_of_year, season_of
 
 
 def test_same_seed_same_shop_other_seed_other_shop():
-    a = shop_mod.generate(seed=5, n_themes=5, n_products=60, n_shoppers=30, n_eval=5)
-    b = shop_mod.generate(seed=5, n_themes=5, n_products=60, n_shoppers=30, n_eval=5)
-    c = shop_mod.generate(seed=6, n_themes=5, n_products=60, n_shoppers=30, n_eval=5)
+    a = shop_mod.generate(seed=5, n_themes=5, n_products=60, n_shoppers=30, n_eval=5, n_valid=5)
+    b = shop_mod.generate(seed=5, n_themes=5, n_products=60, n_shoppers=30, n_eval=5, n_valid=5)
+    c = shop_mod.generate(seed=6, n_themes=5, n_products=60, n_shoppers=30, n_eval=5, n_valid=5)
     assert a == b
     assert a["shoppers"] != c["shoppers"]
 
@@ -28,7 +28,7 @@ def test_shop_structure(tiny_shop):
             assert (e["item"] is None) == (e["action"] == 1)  # searches carry a query, no item
     assert any(sh["drifted"] for sh in s["shoppers"])
     assert any(not sh["drifted"] for sh in s["shoppers"])
-    assert {sh["split"] for sh in s["shoppers"]} == {"train", "eval"}
+    assert {sh["split"] for sh in s["shoppers"]} == {"train", "valid", "eval"}
 
 
 def test_calendar_matches_python_datetime():

@@ -1,0 +1,142 @@
+"""Tune the product ranker's weights on the validation shoppers (never the eval shoppers).
+
+The cascade's candidates do not depend on the weights, so each validation shopper is decoded once
+per page shape and its candidates re-ranked for every point of the grid (weights x the way a page
+becomes one ranked list); the point with the best Recall@10 (then NDCG@10) wins, and the page
+shape and ranking it used are what `train.evaluate` then uses on the eval shoppers.
+
+    /usr/bin/python3 -m train.tune --checkpoint build/demo/models/student.pt \\
+        --shop build/demo/shop.json --out build/demo/models/ranker.json
+"""
+import argparse
+import itertools
+import json
+import math
+import sys
+
+import numpy as np
+import torch
+
+from . import shop as shop_mod
+from .cascade import DEFAULT_RANKER, Cascade
+from .data import Catalog, Tables, make_request
+from .train import load_checkpoint
+
+GRID = {"again": (0.0, 0.5, 1.0, 2.0, 4.0, 8.0), "cooc": (0.0, 2.0, 4.0, 8.0, 16.0, 32.0),
+        "popularity": (0.0, 0.25, 0.5, 1.0)}
+# page shapes tried (sections, keywords and products per section) and ways to rank a page
+SHAPES = ({"sections": 3, "keywords": 4, "products": 4}, {"sections": 2, "keywords": 4, "products": 5},
+          {"sections": 2, "keywords": 6, "products": 5}, {"sections": 4, "keywords": 4, "products": 3})
+RANKINGS = ("round-robin", "score")
+
+
+def collect(cascade, shop, catalog, storefront, split="valid", limit=None):
+    """Decodes each shopper once: -> [(per-section candidate arrays, target product)]."""
+    out = []
+    for s in [x for x in shop["shoppers"] if x["split"] == split][:limit]:
+        hist, now, last = shop_mod.holdout(s)
+        req = make_request(hist, now, shop["regions"][s["region"]]["name"], catalog,
+                           storefront["sections"], storefront["keywords"], storefront["products"])
+        got = []
+        cascade.recommend(req, collect=got)
+        u, sections = got[0]
+        out.append(([candidate_arrays(cascade, c, u) for c in sections], last["purchase"]))
+    return out
+
+
+def candidate_arrays(cascade, cands, u):
+    """A section's candidates as float32 arrays: index, u.e_p, again, cooc, log1p(popularity)."""
+    idx = np.array([c[0] for c in cands], dtype=np.int64)
+    dots = (cascade.emb[idx] @ u).numpy() if len(idx) else np.zeros(0, np.float32)
+    return (idx, dots.astype(np.float32), np.array([c[2] for c in cands], dtype=np.float32),
+            np.array([c[3] for c in cands], dtype=np.float32),
+            np.array([cascade.log_pop[i] for i in idx], dtype=np.float32))
+
+
+def fast_pick(arrs, shown, n, ranker):
+    """Cascade.pick on precomputed arrays (same float32 arithmetic): -> [(index, score)]."""
+    idx, dot, ag, co, lp = arrs
+    keep = np.array([i not in shown for i in idx], dtype=bool)
+    idx, dot, ag, co, lp = idx[keep], dot[keep], ag[keep], co[keep], lp[keep]
+    wa, wc, wp = (np.float32(ranker[k]) for k in ("again", "cooc", "popularity"))
+    s = dot + wa * ag
+    s = s + wc * co
+    s = s + wp * lp
+    order = np.lexsort((idx, -s))[:n]
+    picked = [(int(idx[o]), float(s[o])) for o in order]
+    shown.update(p for p, _ in picked)
+    return picked
+
+
+def page_ranking(sections, mode):
+    """A storefront's products as one ranked list: round-robin over sections (first product of
+    each section in section order, then the second, ...) or by descending score."""
+    if mode == "score":
+        prods = [p for s in sections for p in s]
+        return [p["index"] for p in sorted(prods, key=lambda p: (-p["score"], p["index"]))]
+    n = max((len(s) for s in sections), default=0)
+    return [s[r]["index"] for r in range(n) for s in sections if r < len(s)]
+
+
+def score(collected, ranker, n_products, ranking, k=10):
+    hits, ndcg = 0, 0.0
+    for sections, target in collected:
+        shown = set()
+        page = [[{"index": i, "score": sc} for i, sc in fast_pick(a, shown, n_products, ranker)]
+                for a in sections]
+        ranked = page_ranking(page, ranking)[:k]
+        if target in ranked:
+            hits += 1
+            ndcg += 1.0 / math.log2(ranked.index(target) + 2)
+    n = max(1, len(collected))
+    return hits / n, ndcg / n
+
+
+def tune(cascade, shop, catalog, limit=None, log=None):
+    """-> (ranker weights, storefront shape with its ranking, (recall, ndcg), head-only recall)."""
+    best, head_only = None, None
+    for shape in SHAPES:
+        collected = collect(cascade, shop, catalog, shape, limit=limit)
+        for ranking in RANKINGS:
+            for wa, wc, wp in itertools.product(GRID["again"], GRID["cooc"], GRID["popularity"]):
+                r = dict(DEFAULT_RANKER, again=wa, cooc=wc, popularity=wp)
+                rec, nd = score(collected, r, shape["products"], ranking)
+                if shape is SHAPES[0] and ranking == RANKINGS[0] and (wa, wc, wp) == (0, 0, 0):
+                    head_only = rec
+                if best is None or (rec, nd) > best[0]:
+                    best = ((rec, nd), r, dict(shape, ranking=ranking))
+                    if log:
+                        log("  %s again=%g cooc=%g popularity=%g: recall@10 %.4f ndcg@10 %.4f"
+                            % (best[2], wa, wc, wp, rec, nd))
+    return best[1], best[2], best[0], head_only
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--shop", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--limit", type=int)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    model, _ = load_checkpoint(a.checkpoint)
+    shop = shop_mod.load(a.shop)
+    tables = Tables.from_shop(shop)
+    catalog = Catalog.from_shop(shop, model.cfg.code_levels, model.cfg.codebook)
+    cascade = Cascade(model, tables, catalog)
+    ranker, storefront, (rec, nd), head_only = tune(cascade, shop, catalog, a.limit, log)
+    result = {"ranker": ranker, "storefront": storefront,
+              "valid_shoppers": len([s for s in shop["shoppers"] if s["split"] == "valid"]
+                                    [:a.limit]),
+              "valid_recall@10": rec, "valid_ndcg@10": nd,
+              "valid_recall@10_retrieval_head_only": head_only}
+    with open(a.out, "w") as f:
+        json.dump(result, f, indent=1)
+    log("ranker: %s" % json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
