@@ -47,7 +47,7 @@ $(DEMO)/eval.json: $(DEMO)/bundle/manifest.json $(DEMO)/models/teacher-ranker.js
 		train/evaluate.py train/cascade.py
 	$(PY) -m train.evaluate --shop $(DEMO)/shop.json --bundle $(DEMO)/bundle \
 	  --catalog $(DEMO)/catalog --teacher $(DEMO)/models/teacher.pt \
-	  --teacher-ranker $(DEMO)/models/teacher-ranker.json --out $@
+	  --teacher-ranker $(DEMO)/models/teacher-ranker.json --out $@ --quiet
 
 eval: bundle $(DEMO)/eval.json
 	@$(PY) -c "import json,sys; from train.evaluate import print_table; print_table(json.load(open('$(DEMO)/eval.json')))"

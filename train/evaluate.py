@@ -190,6 +190,7 @@ def main(argv=None):
     ap.add_argument("--products", type=int)
     ap.add_argument("--ranking", choices=("round-robin", "score"))
     ap.add_argument("--threads", type=int, default=1, help="torch threads (latency is per request)")
+    ap.add_argument("--quiet", action="store_true", help="do not print the table")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
@@ -239,7 +240,8 @@ def main(argv=None):
               "seconds": round(time.time() - t0, 1), "systems": res}
     with open(a.out, "w") as f:
         json.dump(result, f, indent=1)
-    print_table(result)
+    if not a.quiet:
+        print_table(result)
     return 0
 
 
