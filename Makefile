@@ -6,7 +6,7 @@ THREADS ?= 2
 REQUEST ?= train/demo_request.json
 MODEL_SRC := train/shop.py train/model.py train/data.py train/vocab.py train/calendar.py train/train.py
 
-.PHONY: all deps configure build demo test bundle golden eval clean
+.PHONY: all deps configure build demo test bundle golden eval parity bench-cpu clean
 
 all: build
 
@@ -52,12 +52,20 @@ $(DEMO)/eval.json: $(DEMO)/bundle/manifest.json $(DEMO)/models/teacher-ranker.js
 eval: bundle $(DEMO)/eval.json
 	@$(PY) -c "import json,sys; from train.evaluate import print_table; print_table(json.load(open('$(DEMO)/eval.json')))"
 
-demo: bundle
-	$(PY) -m train.recommend --bundle $(DEMO)/bundle --catalog $(DEMO)/catalog \
+# the main job: the C engine answers the embedded demo request from the demo bundle
+demo: bundle build
+	$(BUILD)/vitrine recommend --bundle $(DEMO)/bundle --catalog $(DEMO)/catalog \
 	  --request $(REQUEST) --pretty
 
 test: build
-	cd $(BUILD) && ctest --output-on-failure -V
+	cd $(BUILD) && ctest --output-on-failure
+
+# C parity against the demo bundle's golden file (the fixture's runs in `make test`)
+parity: build golden
+	VT_FIXTURE=$(DEMO) $(BUILD)/test_parity --jobs 1 --verbose
+
+bench-cpu: build bundle
+	bench/run_cpu.sh 1
 
 clean:
 	rm -rf $(BUILD)

@@ -5,6 +5,8 @@ PKGS=(
   cmake make gcc pkg-config          # build
   python3-torch python3-numpy        # the reference model and training (Debian's /usr/bin/python3)
   python3-pytest                     # the reference model's tests
+  libcjson-dev libopenblas-dev libssl-dev libcriterion-dev  # the C engine: manifest JSON, GEMM, sha256, tests
+  valgrind                           # leak checks
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -141,6 +141,22 @@ class Cascade:
         events, dropped = validate_request(req, t, m.cfg)
         f = featurize_one(events, req["now"], req["region"], t, cat, m.cfg)
         mem = m.encode(collate([f]), trace)
+        return self._decode(req, events, dropped, mem, trace, constrained, collect)
+
+    @torch.no_grad()
+    def recommend_many(self, reqs):
+        """Several requests: one padded encoder batch, then each request's decoding and retrieval
+        (the reference decodes one request at a time). Same answers as recommend."""
+        t, cat, m = self.tables, self.catalog, self.model
+        checked = [validate_request(r, t, m.cfg) for r in reqs]
+        feats = [featurize_one(ev, r["now"], r["region"], t, cat, m.cfg)
+                 for r, (ev, _) in zip(reqs, checked)]
+        mem = m.encode(collate(feats))
+        return [self._decode(r, ev, dropped, mem[i:i + 1])
+                for i, (r, (ev, dropped)) in enumerate(zip(reqs, checked))]
+
+    def _decode(self, req, events, dropped, mem, trace=None, constrained=True, collect=None):
+        t, m = self.tables, self.model
         u = m.user_vector(mem)[0]
         xkv = m.cross_kv(mem)
         n_sec, n_kw, n_prod = req["sections"], req["keywords_per_section"], \

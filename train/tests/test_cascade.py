@@ -218,3 +218,17 @@ def test_tuning_reranker_matches_the_cascade(tiny_world):
             a = [(p["index"], p["score"]) for p in c.pick(cands, shown_a, 5, u, ranker)]
             b = fast_pick(candidate_arrays(c, cands, u), shown_b, 5, ranker)
             assert a == b
+
+
+def test_batched_encoder_gives_the_same_storefronts(tiny_world):
+    shop, tables, catalog, model, _ = tiny_world
+    c = Cascade(model, tables, catalog, {"again": 1.0, "cooc": 3.0, "popularity": 0.2})
+    rng = np.random.default_rng(7)
+    reqs = [random_request(rng, shop, catalog, model.cfg.max_events) for _ in range(12)]
+    many = c.recommend_many(reqs)
+    for req, got in zip(reqs, many):
+        one = c.recommend(req)
+        assert [s["theme"]["id"] for s in got["sections"]] == \
+            [s["theme"]["id"] for s in one["sections"]]
+        assert [[p["id"] for p in s["products"]] for s in got["sections"]] == \
+            [[p["id"] for p in s["products"]] for s in one["sections"]]

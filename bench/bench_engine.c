@@ -1,0 +1,145 @@
+/* The C engine's throughput and latency by batch size on a request file, with the time split
+ * between encoder, decoder, beam step and retrieval. bench/run_cpu.sh runs it beside the PyTorch
+ * reference (train/bench_reference.py) on the same requests and thread count.
+ *
+ *   bench_engine --bundle DIR --catalog DIR --requests FILE.jsonl [--batches 1,8,32,128]
+ *                [--seconds 5]
+ *
+ * One JSON line per batch size. A batch is B consecutive requests of the file (wrapping). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "host/bundle.h"
+#include "host/catalog.h"
+#include "host/engine.h"
+#include "host/request.h"
+
+static double now_s(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+int main(int argc, char **argv) {
+  const char *bundle = NULL, *catalog = NULL, *requests = NULL, *batches = "1,8,32,128";
+  double seconds = 5.0;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (!strcmp(argv[i], "--bundle"))
+      bundle = argv[i + 1];
+    else if (!strcmp(argv[i], "--catalog"))
+      catalog = argv[i + 1];
+    else if (!strcmp(argv[i], "--requests"))
+      requests = argv[i + 1];
+    else if (!strcmp(argv[i], "--batches"))
+      batches = argv[i + 1];
+    else if (!strcmp(argv[i], "--seconds"))
+      seconds = atof(argv[i + 1]);
+  }
+  if (!bundle || !catalog || !requests) {
+    fprintf(stderr, "usage: bench_engine --bundle DIR --catalog DIR --requests FILE.jsonl "
+                    "[--batches 1,8,32,128] [--seconds 5]\n");
+    return 2;
+  }
+  vt_err err = {0};
+  vt_bundle *b = NULL;
+  vt_catalog *c = NULL;
+  vt_engine *e = NULL;
+  if (vt_bundle_load(&b, bundle, &err) || vt_catalog_load(&c, catalog, b, &err) ||
+      vt_engine_create(&e, b, c, &err)) {
+    fprintf(stderr, "bench_engine: %s\n", err.msg);
+    return 2;
+  }
+  FILE *f = fopen(requests, "r");
+  if (!f) {
+    fprintf(stderr, "bench_engine: %s: cannot open\n", requests);
+    return 2;
+  }
+  int n = 0, cap = 1024;
+  vt_request *reqs = malloc((size_t)cap * sizeof *reqs);
+  char *line = NULL;
+  size_t lcap = 0;
+  ssize_t len;
+  while ((len = getline(&line, &lcap, f)) > 0) {
+    if (n == cap)
+      reqs = realloc(reqs, (size_t)(cap *= 2) * sizeof *reqs);
+    if (vt_request_parse(&reqs[n], line, (size_t)len, b, c, &err)) {
+      fprintf(stderr, "bench_engine: %s:%d: %s\n", requests, n + 1, err.msg);
+      return 2;
+    }
+    n++;
+  }
+  free(line);
+  fclose(f);
+  if (n == 0) {
+    fprintf(stderr, "bench_engine: %s: no requests\n", requests);
+    return 2;
+  }
+  int maxb = 1;
+  for (const char *p = batches; *p;) {
+    int v = atoi(p);
+    maxb = v > maxb ? v : maxb;
+    p = strchr(p, ',') ? strchr(p, ',') + 1 : p + strlen(p);
+  }
+  vt_request *batch = malloc((size_t)maxb * sizeof *batch);
+  vt_storefront *out = malloc((size_t)maxb * sizeof *out);
+  size_t lat_cap = 1 << 16;
+  double *lat = malloc(lat_cap * sizeof *lat);
+  for (const char *p = batches; *p;) {
+    const int B = atoi(p);
+    p = strchr(p, ',') ? strchr(p, ',') + 1 : p + strlen(p);
+    for (int k = 0; k < B; k++) /* warm-up: grows the arena to this batch size */
+      batch[k] = reqs[k % n];
+    vt_engine_run(e, batch, B, out, NULL, NULL, &err);
+    memset(vt_engine_profile(e), 0, sizeof(vt_profile));
+    size_t nl = 0;
+    long done = 0;
+    int next = 0;
+    const double t_end = now_s() + seconds;
+    while ((now_s() < t_end || nl < 3) && nl < lat_cap) {
+      for (int k = 0; k < B; k++)
+        batch[k] = reqs[(next + k) % n];
+      next = (next + B) % n;
+      double t0 = now_s();
+      if (vt_engine_run(e, batch, B, out, NULL, NULL, &err)) {
+        fprintf(stderr, "bench_engine: %s\n", err.msg);
+        return 1;
+      }
+      lat[nl++] = now_s() - t0;
+      done += B;
+    }
+    double total = 0;
+    for (size_t i = 0; i < nl; i++)
+      total += lat[i];
+    qsort(lat, nl, sizeof *lat, cmp_double);
+    const vt_profile *pr = vt_engine_profile(e);
+    const double all = pr->encode_ns + pr->decode_ns + pr->beam_ns + pr->retrieve_ns;
+    printf("{\"engine\": \"vitrine-c\", \"batch\": %d, \"requests_per_s\": %.1f, "
+           "\"batch_ms_p50\": %.3f, \"batch_ms_p99\": %.3f, \"batches\": %zu, "
+           "\"share_encode\": %.3f, \"share_decode\": %.3f, \"share_beam\": %.3f, "
+           "\"share_retrieve\": %.3f, \"beam_of_decode\": %.4f, \"steps_per_batch\": %.1f, "
+           "\"arena_mib\": %.1f}\n",
+           B, (double)done / total, 1e3 * lat[nl / 2],
+           1e3 * lat[nl * 99 / 100 < nl ? nl * 99 / 100 : nl - 1], nl, pr->encode_ns / all,
+           pr->decode_ns / all, pr->beam_ns / all, pr->retrieve_ns / all,
+           pr->beam_ns / (pr->decode_ns + pr->beam_ns), (double)pr->decode_steps / (double)nl,
+           (double)vt_engine_arena_bytes(e) / (1 << 20));
+    fflush(stdout);
+  }
+  for (int i = 0; i < n; i++)
+    vt_request_free(&reqs[i]);
+  free(reqs);
+  free(batch);
+  free(out);
+  free(lat);
+  vt_engine_free(e);
+  vt_catalog_free(c);
+  vt_bundle_free(b);
+  return 0;
+}

@@ -1,0 +1,166 @@
+/* vitrine: the command line.
+ *
+ *   vitrine recommend --bundle DIR --catalog DIR --request FILE|- [--pretty]
+ *   vitrine info      --bundle DIR --catalog DIR
+ *
+ * Exit status: 0 ok, 2 bad arguments, bundle, catalogue or request (the message names which). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "host/bundle.h"
+#include "host/catalog.h"
+#include "host/engine.h"
+#include "host/request.h"
+
+static void usage(FILE *f) {
+  fputs("usage: vitrine recommend --bundle DIR --catalog DIR --request FILE|- [--pretty]\n"
+        "       vitrine info --bundle DIR --catalog DIR\n"
+        "\n"
+        "  recommend  run the cascade on one JSON request and print the storefront as JSON\n"
+        "             (--pretty: as a table)\n"
+        "  info       print what the bundle and catalogue hold\n",
+        f);
+}
+
+static char *read_all(const char *path, size_t *len) {
+  FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
+  if (!f)
+    return NULL;
+  size_t cap = 1 << 16, n = 0;
+  char *buf = malloc(cap);
+  while (buf) {
+    size_t got = fread(buf + n, 1, cap - n, f);
+    n += got;
+    if (n < cap)
+      break;
+    char *nb = realloc(buf, cap * 2);
+    if (!nb) {
+      free(buf);
+      buf = NULL;
+      break;
+    }
+    buf = nb;
+    cap *= 2;
+  }
+  if (f != stdin)
+    fclose(f);
+  *len = n;
+  return buf;
+}
+
+static void print_pretty(const vt_storefront *s, const vt_bundle *b, const vt_catalog *c) {
+  if (s->dropped_events)
+    printf("(%d oldest events dropped: more than the model's maximum)\n", s->dropped_events);
+  for (int i = 0; i < s->n_sections; i++) {
+    const vt_section *sec = &s->sections[i];
+    printf("section %d  %-36s score %7.3f\n", i + 1, b->themes.text[sec->theme],
+           sec->theme_score);
+    printf("  keywords:");
+    for (int k = 0; k < sec->n_keywords; k++)
+      printf("%s %s (%.2f)", k ? "," : "", b->keywords.text[sec->keyword[k]],
+             sec->keyword_score[k]);
+    printf("\n");
+    for (int k = 0; k < sec->n_products; k++) {
+      const vt_hit *h = &sec->products[k];
+      printf("    %-8s %-40s %7.3f  via %s\n", c->ids[h->product], c->titles[h->product],
+             h->score, b->keywords.text[h->keyword]);
+    }
+  }
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+    usage(argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  const char *cmd = argv[1], *bundle_dir = NULL, *catalog_dir = NULL, *request = NULL;
+  int pretty = 0;
+  for (int i = 2; i < argc; i++) {
+    if (strcmp(argv[i], "--bundle") == 0 && i + 1 < argc)
+      bundle_dir = argv[++i];
+    else if (strcmp(argv[i], "--catalog") == 0 && i + 1 < argc)
+      catalog_dir = argv[++i];
+    else if (strcmp(argv[i], "--request") == 0 && i + 1 < argc)
+      request = argv[++i];
+    else if (strcmp(argv[i], "--pretty") == 0)
+      pretty = 1;
+    else {
+      fprintf(stderr, "vitrine: unknown or incomplete argument '%s'\n", argv[i]);
+      usage(stderr);
+      return 2;
+    }
+  }
+  int is_rec = strcmp(cmd, "recommend") == 0, is_info = strcmp(cmd, "info") == 0;
+  if ((!is_rec && !is_info) || !bundle_dir || !catalog_dir || (is_rec && !request)) {
+    if (!is_rec && !is_info)
+      fprintf(stderr, "vitrine: unknown command '%s'\n", cmd);
+    else
+      fprintf(stderr, "vitrine %s: --bundle, --catalog%s are required\n", cmd,
+                      is_rec ? " and --request" : "");
+    usage(stderr);
+    return 2;
+  }
+  vt_err err = {0};
+  vt_bundle *b = NULL;
+  vt_catalog *c = NULL;
+  vt_engine *e = NULL;
+  int status = 2;
+  if (vt_bundle_load(&b, bundle_dir, &err) || vt_catalog_load(&c, catalog_dir, b, &err) ||
+      vt_engine_create(&e, b, c, &err)) {
+    fprintf(stderr, "vitrine: %s\n", err.msg);
+    goto done;
+  }
+  if (is_info) {
+    printf("bundle    %s\n  model     %s\n  params    %lld (%.1f MiB of weights)\n", b->dir,
+           b->model_version, (long long)b->n_params, (double)b->weight_bytes / (1 << 20));
+    printf("  shape     d_model %d, heads %d, encoder %d, decoder %d, ffn %d, queries %d, "
+           "max_events %d\n",
+           b->cfg.d_model, b->cfg.n_heads, b->cfg.n_enc_layers, b->cfg.n_dec_layers, b->cfg.d_ff,
+           b->cfg.n_queries, b->cfg.max_events);
+    printf("  vocab     %d tokens\n  themes    %d (trie %d nodes)\n  keywords  %d (trie %d nodes)\n",
+           b->cfg.vocab_size, b->themes.n, b->theme_trie.n_nodes, b->keywords.n,
+           b->keyword_trie.n_nodes);
+    printf("catalog   %s\n  version   %s\n  products  %d (embeddings %d-d, %.1f MiB)\n", c->dir,
+           c->catalog_version, c->n_products, c->d_retrieval,
+           (double)c->n_products * c->d_retrieval * 4 / (1 << 20));
+    status = 0;
+    goto done;
+  }
+  size_t len = 0;
+  char *json = read_all(request, &len);
+  if (!json) {
+    fprintf(stderr, "vitrine: %s: cannot read the request\n", request);
+    goto done;
+  }
+  vt_request r;
+  int rc = vt_request_parse(&r, json, len, b, c, &err);
+  free(json);
+  if (rc) {
+    fprintf(stderr, "vitrine: %s: %s\n", request, err.msg);
+    goto done;
+  }
+  vt_storefront *s = calloc(1, sizeof *s);
+  if (!s || vt_engine_run(e, &r, 1, s, NULL, NULL, &err)) {
+    fprintf(stderr, "vitrine: %s\n", s ? err.msg : "out of memory");
+    free(s);
+    vt_request_free(&r);
+    goto done;
+  }
+  if (pretty) {
+    print_pretty(s, b, c);
+  } else {
+    char *out = vt_storefront_json(s, b, c, 1);
+    if (out)
+      puts(out);
+    free(out);
+  }
+  free(s);
+  vt_request_free(&r);
+  status = 0;
+done:
+  vt_engine_free(e);
+  vt_catalog_free(c);
+  vt_bundle_free(b);
+  return status;
+}

@@ -1,0 +1,73 @@
+/* Requests and storefronts: the engine's input and output, and their JSON forms (the same fields
+ * the gRPC API carries). Parsing validates exactly as train/data.py validate_request does and
+ * answers VT_EINVAL with a message naming the field ("events[3].action must be one of ..."). */
+#ifndef VITRINE_HOST_REQUEST_H
+#define VITRINE_HOST_REQUEST_H
+
+#include <stdint.h>
+
+#include "bundle.h"
+#include "catalog.h"
+#include "status.h"
+
+#define VT_MAX_QUERY_TOKENS 32
+#define VT_ITEM_NONE (-2)    /* the event has no item */
+#define VT_ITEM_UNKNOWN (-1) /* an item id the catalogue does not know (cold start) */
+
+typedef struct vt_event {
+  int64_t ts;
+  int action;  /* 0 view, 1 search, 2 cart, 3 purchase */
+  int item;    /* catalogue index, VT_ITEM_UNKNOWN or VT_ITEM_NONE */
+  int n_query; /* query tokens kept (<= max_query_tokens) */
+  int32_t query[VT_MAX_QUERY_TOKENS];
+} vt_event;
+
+typedef struct vt_request {
+  int64_t now;
+  int region;
+  char *shopper_id;
+  int n_events;     /* kept: the newest max_events, in ascending ts (stable) order */
+  vt_event *events;
+  int dropped;      /* older events dropped for exceeding max_events */
+  int sections, keywords_per_section, products_per_section;
+  int n_exclude;    /* excluded products that exist in the catalogue (indices) */
+  int32_t *exclude;
+} vt_request;
+
+/* Parses and validates a JSON request. r is zeroed first; free with vt_request_free. */
+int vt_request_parse(vt_request *r, const char *json, size_t len, const vt_bundle *b,
+                     const vt_catalog *c, vt_err *err);
+void vt_request_free(vt_request *r);
+
+#define VT_MAX_SECTIONS 16
+#define VT_MAX_KEYWORDS 16
+#define VT_MAX_PRODUCTS 64
+
+typedef struct vt_hit {
+  int product;
+  int keyword; /* the section's best keyword that retrieves it */
+  float score;
+} vt_hit;
+
+typedef struct vt_section {
+  int theme;
+  float theme_score;
+  int n_keywords;
+  int keyword[VT_MAX_KEYWORDS];
+  float keyword_score[VT_MAX_KEYWORDS];
+  int n_products;
+  vt_hit products[VT_MAX_PRODUCTS];
+} vt_section;
+
+typedef struct vt_storefront {
+  int n_sections;
+  vt_section sections[VT_MAX_SECTIONS];
+  int dropped_events;
+} vt_storefront;
+
+/* The storefront as JSON (malloc'd, NUL-terminated; NULL if out of memory): the fields of
+ * train/cascade.py's answer. pretty: indented. */
+char *vt_storefront_json(const vt_storefront *s, const vt_bundle *b, const vt_catalog *c,
+                         int pretty);
+
+#endif

@@ -1,0 +1,186 @@
+/* Request validation (the same refusals as train/data.py) and the calendar arithmetic. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "host/bundle.h"
+#include "host/calendar.h"
+#include "host/catalog.h"
+#include "host/engine.h"
+#include "host/request.h"
+
+static vt_bundle *b;
+static vt_catalog *c;
+
+static void setup(void) {
+  char p[1024];
+  vt_err err = {0};
+  const char *dir = getenv("VT_FIXTURE");
+  cr_assert(dir, "VT_FIXTURE is not set");
+  snprintf(p, sizeof p, "%s/bundle", dir);
+  cr_assert_eq(vt_bundle_load(&b, p, &err), 0, "%s", err.msg);
+  snprintf(p, sizeof p, "%s/catalog", dir);
+  cr_assert_eq(vt_catalog_load(&c, p, b, &err), 0, "%s", err.msg);
+}
+
+static void teardown(void) {
+  vt_catalog_free(c);
+  vt_bundle_free(b);
+}
+
+TestSuite(request, .init = setup, .fini = teardown);
+
+static int parse(vt_request *r, const char *json, vt_err *err) {
+  return vt_request_parse(r, json, strlen(json), b, c, err);
+}
+
+#define BASE "\"now\": 1750000000, \"region\": \"eu\", \"sections\": 2, " \
+             "\"keywords_per_section\": 2, \"products_per_section\": 3"
+
+Test(request, bad_requests_are_refused_naming_the_field) {
+  struct {
+    const char *json, *msg;
+  } cases[] = {
+      {"{", "not valid JSON"},
+      {"[1, 2]", "must be an object"},
+      {"{\"now\": -5, \"region\": \"eu\"}", "now must be"},
+      {"{\"now\": 1.5, \"region\": \"eu\"}", "now must be"},
+      {"{\"now\": 10, \"region\": \"mars\"}", "unknown region 'mars'"},
+      {"{\"now\": 10, \"region\": 7}", "unknown region"},
+      {"{\"now\": 10, \"region\": \"eu\", \"sections\": 0, \"keywords_per_section\": 1, "
+       "\"products_per_section\": 1}", "sections must be an integer in 1..16"},
+      {"{\"now\": 10, \"region\": \"eu\", \"sections\": 17, \"keywords_per_section\": 1, "
+       "\"products_per_section\": 1}", "sections must be an integer in 1..16"},
+      {"{\"now\": 10, \"region\": \"eu\", \"sections\": 11, \"keywords_per_section\": 1, "
+       "\"products_per_section\": 1}", "at most 10 (the number of themes)"},
+      {"{\"now\": 10, \"region\": \"eu\", \"sections\": 1, \"keywords_per_section\": -1, "
+       "\"products_per_section\": 1}", "keywords_per_section must be"},
+      {"{\"now\": 10, \"region\": \"eu\", \"sections\": 1, \"keywords_per_section\": 1, "
+       "\"products_per_section\": \"4\"}", "products_per_section must be"},
+      {"{" BASE ", \"events\": {\"a\": 1}}", "events must be a list"},
+      {"{" BASE ", \"events\": [7]}", "events[0] must be an object"},
+      {"{" BASE ", \"events\": [{\"action\": \"view\", \"ts\": 1}, {\"action\": \"like\", "
+       "\"ts\": 5}]}", "events[1].action must be one of"},
+      {"{" BASE ", \"events\": [{\"action\": \"view\", \"ts\": -1}]}", "events[0].ts must be"},
+      {"{" BASE ", \"events\": [{\"action\": \"view\", \"ts\": 1, \"item\": 5}]}",
+       "events[0].item must be a string"},
+      {"{" BASE ", \"exclude\": [3]}", "exclude[0] must be a string"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    vt_request r;
+    vt_err err = {0};
+    cr_expect_eq(parse(&r, cases[i].json, &err), VT_EINVAL, "case %zu accepted: %s", i,
+                 cases[i].json);
+    cr_expect(strstr(err.msg, cases[i].msg), "case %zu: got '%s', want '%s'", i, err.msg,
+              cases[i].msg);
+  }
+  /* an oversized query */
+  size_t n = 5000;
+  char *big = malloc(n + 256);
+  int k = snprintf(big, 256, "{" BASE ", \"events\": [{\"action\": \"search\", \"ts\": 1, "
+                              "\"query\": \"");
+  memset(big + k, 'x', 2000);
+  strcpy(big + k + 2000, "\"}]}");
+  vt_request r;
+  vt_err err = {0};
+  cr_expect_eq(parse(&r, big, &err), VT_EINVAL);
+  cr_expect(strstr(err.msg, "events[0].query must be a string of at most 1024 bytes"), "%s",
+            err.msg);
+  free(big);
+}
+
+Test(request, events_are_sorted_truncated_and_cold_items_kept) {
+  /* more events than max_events, out of order, with equal timestamps, unknown items, a search */
+  const int max = b->cfg.max_events, n = max + 7;
+  size_t cap = (size_t)n * 128 + 512;
+  char *js = malloc(cap);
+  int k = snprintf(js, cap, "{" BASE ", \"events\": [");
+  for (int i = 0; i < n; i++) {
+    int ts = 1000 + (n - i) / 2; /* descending, pairs of equal timestamps */
+    if (i % 5 == 0)
+      k += snprintf(js + k, cap - k, "%s{\"action\": \"view\", \"ts\": %d, \"item\": \"nope%d\"}",
+                    i ? "," : "", ts, i);
+    else if (i % 5 == 1)
+      k += snprintf(js + k, cap - k, "%s{\"action\": \"search\", \"ts\": %d, \"query\": "
+                    "\"Zzz  %s\"}", i ? "," : "", ts, b->vocab[VT_N_SPECIALS]);
+    else
+      k += snprintf(js + k, cap - k, "%s{\"action\": \"cart\", \"ts\": %d, \"item\": \"%s\"}",
+                    i ? "," : "", ts, c->ids[i % c->n_products]);
+  }
+  snprintf(js + k, cap - k, "]}");
+  vt_request r;
+  vt_err err = {0};
+  cr_assert_eq(parse(&r, js, &err), 0, "%s", err.msg);
+  cr_expect_eq(r.n_events, max);
+  cr_expect_eq(r.dropped, n - max);
+  for (int i = 1; i < r.n_events; i++)
+    cr_expect_leq(r.events[i - 1].ts, r.events[i].ts, "sorted ascending");
+  cr_expect_eq(r.events[r.n_events - 1].ts, 1000 + n / 2, "the newest events are kept");
+  int unknown = 0, searches = 0;
+  for (int i = 0; i < r.n_events; i++) {
+    unknown += r.events[i].item == VT_ITEM_UNKNOWN;
+    if (r.events[i].action == 1) {
+      searches++;
+      cr_expect_eq(r.events[i].item, VT_ITEM_NONE);
+      cr_expect_eq(r.events[i].n_query, 2);
+      cr_expect_eq(r.events[i].query[0], VT_TOK_UNK, "'zzz' is not a word of the vocabulary");
+      cr_expect_eq(r.events[i].query[1], VT_N_SPECIALS);
+    }
+  }
+  cr_expect_gt(unknown, 0);
+  cr_expect_gt(searches, 0);
+  vt_engine *e;
+  cr_assert_eq(vt_engine_create(&e, b, c, &err), 0, "%s", err.msg);
+  vt_storefront s;
+  cr_assert_eq(vt_engine_run(e, &r, 1, &s, NULL, NULL, &err), 0, "%s", err.msg);
+  cr_expect_eq(s.dropped_events, n - max);
+  cr_expect_eq(s.n_sections, 2);
+  vt_engine_free(e);
+  vt_request_free(&r);
+  free(js);
+}
+
+Test(request, empty_history_and_future_events_give_a_storefront) {
+  vt_request r;
+  vt_err err = {0};
+  cr_assert_eq(parse(&r, "{" BASE ", \"events\": [{\"action\": \"view\", \"ts\": 1760000000, "
+                         "\"item\": \"p00001\"}]}", &err), 0, "%s", err.msg);
+  vt_engine *e;
+  cr_assert_eq(vt_engine_create(&e, b, c, &err), 0, "%s", err.msg);
+  vt_storefront s;
+  cr_assert_eq(vt_engine_run(e, &r, 1, &s, NULL, NULL, &err), 0, "%s", err.msg);
+  cr_expect_eq(s.n_sections, 2);
+  for (int i = 0; i < s.n_sections; i++)
+    cr_expect(isfinite(s.sections[i].theme_score) && s.sections[i].theme_score <= 0.0f);
+  vt_request_free(&r);
+  cr_assert_eq(parse(&r, "{" BASE "}", &err), 0, "%s", err.msg);
+  cr_expect_eq(r.n_events, 0);
+  cr_assert_eq(vt_engine_run(e, &r, 1, &s, NULL, NULL, &err), 0, "%s", err.msg);
+  cr_expect_eq(s.n_sections, 2);
+  cr_expect_neq(s.sections[0].theme, s.sections[1].theme, "distinct themes");
+  vt_request_free(&r);
+  vt_engine_free(e);
+}
+
+Test(calendar, matches_known_dates_and_seasons) {
+  int64_t y;
+  int m, d;
+  vt_civil_from_days(0, &y, &m, &d);
+  cr_expect(y == 1970 && m == 1 && d == 1);
+  vt_civil_from_days(11016, &y, &m, &d); /* 2000-02-29 */
+  cr_expect(y == 2000 && m == 2 && d == 29, "%lld-%d-%d", (long long)y, m, d);
+  vt_civil_from_days(20454, &y, &m, &d); /* 2026-01-01 */
+  cr_expect(y == 2026 && m == 1 && d == 1, "%lld-%d-%d", (long long)y, m, d);
+  cr_expect_eq(vt_days_from_civil(2026, 11, 25), 20782);
+  double f[6];
+  vt_calendar_features(6 * 3600, f); /* 1970-01-01 06:00, a Thursday, day 0 */
+  cr_expect_float_eq(f[0], 1.0, 1e-12);        /* sin(2 pi 6/24) */
+  cr_expect_float_eq(f[2], sin(2 * M_PI * 3 / 7.0), 1e-12);
+  cr_expect_float_eq(f[4], 0.0, 1e-12);
+  cr_expect_eq(vt_season_of(1736000000, 0, -1), 0); /* January: northern winter */
+  cr_expect_eq(vt_season_of(1736000000, 2, -1), 2); /* southern summer */
+  cr_expect_eq(vt_season_of(1751500000, 0, -1), 2); /* July */
+  cr_expect_eq(vt_season_of(1736000000, 0, 2), 2);  /* tropical */
+}
