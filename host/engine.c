@@ -11,7 +11,7 @@
 #include <time.h>
 
 #include "calendar.h"
-#include "kernels/ops.h"
+#include "kernels/backend.h"
 
 /* ---- arena: chunks kept across batches ------------------------------------------------------ */
 typedef struct chunk {
@@ -76,6 +76,7 @@ static void arena_free(arena *a) {
   } while (0)
 
 struct vt_engine {
+  const vt_backend *be; /* every kernel call goes through the backend table */
   const vt_bundle *b;
   const vt_catalog *c;
   arena arena;
@@ -107,6 +108,7 @@ int vt_engine_create(vt_engine **out, const vt_bundle *b, const vt_catalog *c, v
   vt_engine *e = calloc(1, sizeof *e);
   if (!e)
     return vt_fail(err, VT_ENOMEM, "out of memory");
+  e->be = vt_backend_cpu();
   e->b = b;
   e->c = c;
   e->max_theme_len = max_phrase_len(&b->themes);
@@ -219,21 +221,21 @@ static int encode(vt_engine *e, const vt_request *reqs, int B, batch *bt, vt_tra
   ALLOC(A, (size_t)N * C);
   ALLOC(QKV, (size_t)N * 3 * C);
   ALLOC(FF, (size_t)N * F);
-  vt_event_embed(X, codes, action, qtok, x, cal, region, w->code_emb, w->action_emb,
+  e->be->event_embed(X, codes, action, qtok, x, cal, region, w->code_emb, w->action_emb,
                  w->region_emb, w->tok_emb, w->t2v_w, w->t2v_b, w->time_w, w->time_b, w->ln_emb_w,
                  w->ln_emb_b, N, C, L, MQ, P);
   if (trace)
     trace_rows(trace, tctx, bt, "event_emb", X, C);
   for (int l = 0; l < cfg->n_enc_layers; l++) {
     const vt_enc_layer *ly = &w->enc[l];
-    vt_layernorm(H, X, ly->ln1_w, ly->ln1_b, N, C);
-    vt_matmul(QKV, H, ly->qkv_w, ly->qkv_b, N, C, 3 * C, VT_ACT_NONE);
-    vt_attention(A, QKV, ts, bt->off, ly->time_bias, B, C, NH);
-    vt_matmul(H, A, ly->proj_w, ly->proj_b, N, C, C, VT_ACT_NONE);
-    vt_residual_layernorm(X, A, H, ly->ln2_w, ly->ln2_b, N, C); /* X += attn; A = LN2(X) */
-    vt_matmul(FF, A, ly->fc1_w, ly->fc1_b, N, C, F, VT_ACT_GELU);
-    vt_matmul(H, FF, ly->fc2_w, ly->fc2_b, N, F, C, VT_ACT_NONE);
-    vt_add(X, H, N * C);
+    e->be->layernorm(H, X, ly->ln1_w, ly->ln1_b, N, C);
+    e->be->matmul(QKV, H, ly->qkv_w, ly->qkv_b, N, C, 3 * C, VT_ACT_NONE);
+    e->be->attention(A, QKV, ts, bt->off, ly->time_bias, B, C, NH);
+    e->be->matmul(H, A, ly->proj_w, ly->proj_b, N, C, C, VT_ACT_NONE);
+    e->be->residual_layernorm(X, A, H, ly->ln2_w, ly->ln2_b, N, C); /* X += attn; A = LN2(X) */
+    e->be->matmul(FF, A, ly->fc1_w, ly->fc1_b, N, C, F, VT_ACT_GELU);
+    e->be->matmul(H, FF, ly->fc2_w, ly->fc2_b, N, F, C, VT_ACT_NONE);
+    e->be->add(X, H, N * C);
     if (trace) {
       char name[16];
       snprintf(name, sizeof name, "enc%d", l);
@@ -241,7 +243,7 @@ static int encode(vt_engine *e, const vt_request *reqs, int B, batch *bt, vt_tra
     }
   }
   float *enc = A;
-  vt_layernorm(enc, X, w->ln_enc_w, w->ln_enc_b, N, C);
+  e->be->layernorm(enc, X, w->ln_enc_w, w->ln_enc_b, N, C);
   /* Query-Former: NQ learned queries per request cross-attend to the request's events */
   const int M = B * NQ;
   float *q, *hq, *qp, *aq, *fq, *kv;
@@ -257,18 +259,18 @@ static int encode(vt_engine *e, const vt_request *reqs, int B, batch *bt, vt_tra
     memcpy(q + (size_t)i * NQ * C, w->queries, (size_t)NQ * C * sizeof *q);
   for (int i = 0; i <= B; i++)
     qoff[i] = i * NQ;
-  vt_rmsnorm(hq, q, w->qf_rms1_w, M, C);
-  vt_matmul(qp, hq, w->qf_q_w, w->qf_q_b, M, C, C, VT_ACT_NONE);
-  vt_matmul(kv, enc, w->qf_kv_w, w->qf_kv_b, N, C, 2 * C, VT_ACT_NONE);
-  vt_cross_attention(aq, qp, kv, qoff, bt->off, B, C, NH);
-  vt_matmul(hq, aq, w->qf_proj_w, w->qf_proj_b, M, C, C, VT_ACT_NONE);
-  vt_add(q, hq, M * C);
-  vt_rmsnorm(hq, q, w->qf_rms2_w, M, C);
-  vt_matmul(fq, hq, w->qf_fc1_w, w->qf_fc1_b, M, C, F, VT_ACT_GELU);
-  vt_matmul(hq, fq, w->qf_fc2_w, w->qf_fc2_b, M, F, C, VT_ACT_NONE);
-  vt_add(q, hq, M * C);
+  e->be->rmsnorm(hq, q, w->qf_rms1_w, M, C);
+  e->be->matmul(qp, hq, w->qf_q_w, w->qf_q_b, M, C, C, VT_ACT_NONE);
+  e->be->matmul(kv, enc, w->qf_kv_w, w->qf_kv_b, N, C, 2 * C, VT_ACT_NONE);
+  e->be->cross_attention(aq, qp, kv, qoff, bt->off, B, C, NH);
+  e->be->matmul(hq, aq, w->qf_proj_w, w->qf_proj_b, M, C, C, VT_ACT_NONE);
+  e->be->add(q, hq, M * C);
+  e->be->rmsnorm(hq, q, w->qf_rms2_w, M, C);
+  e->be->matmul(fq, hq, w->qf_fc1_w, w->qf_fc1_b, M, C, F, VT_ACT_GELU);
+  e->be->matmul(hq, fq, w->qf_fc2_w, w->qf_fc2_b, M, F, C, VT_ACT_NONE);
+  e->be->add(q, hq, M * C);
   ALLOC(bt->mem, (size_t)M * C);
-  vt_layernorm(bt->mem, q, w->ln_mem_w, w->ln_mem_b, M, C);
+  e->be->layernorm(bt->mem, q, w->ln_mem_w, w->ln_mem_b, M, C);
   /* the retrieval user vector: W_user mean(memory) + b */
   float *mean;
   ALLOC(mean, (size_t)B * C);
@@ -280,7 +282,7 @@ static int encode(vt_engine *e, const vt_request *reqs, int B, batch *bt, vt_tra
       mean[(size_t)i * C + c] = s / (float)NQ;
     }
   ALLOC(bt->user, (size_t)B * R);
-  vt_matmul(bt->user, mean, w->user_w, w->user_b, B, C, R, VT_ACT_NONE);
+  e->be->matmul(bt->user, mean, w->user_w, w->user_b, B, C, R, VT_ACT_NONE);
   if (trace)
     for (int i = 0; i < B; i++) {
       trace(tctx, i, "memory", bt->mem + (size_t)i * NQ * C, NQ, C);
@@ -289,7 +291,7 @@ static int encode(vt_engine *e, const vt_request *reqs, int B, batch *bt, vt_tra
   ALLOC(bt->xkv, cfg->n_dec_layers);
   for (int j = 0; j < cfg->n_dec_layers; j++) {
     ALLOC(bt->xkv[j], (size_t)M * 2 * C);
-    vt_matmul(bt->xkv[j], bt->mem, w->dec[j].ca_kv_w, w->dec[j].ca_kv_b, M, C, 2 * C,
+    e->be->matmul(bt->xkv[j], bt->mem, w->dec[j].ca_kv_w, w->dec[j].ca_kv_b, M, C, 2 * C,
               VT_ACT_NONE);
   }
   return VT_OK;
@@ -396,8 +398,8 @@ static void decoder_forward(vt_engine *e, decoder *d, group *g, int ng, const ba
   int32_t qo[2], ko[2];
   for (int j = 0; j < cfg->n_dec_layers; j++) {
     const vt_dec_layer *ly = &w->dec[j];
-    vt_layernorm(d->H, d->Y, ly->ln1_w, ly->ln1_b, nrows, C);
-    vt_matmul(d->QKV, d->H, ly->sa_qkv_w, ly->sa_qkv_b, nrows, C, 3 * C, VT_ACT_NONE);
+    e->be->layernorm(d->H, d->Y, ly->ln1_w, ly->ln1_b, nrows, C);
+    e->be->matmul(d->QKV, d->H, ly->sa_qkv_w, ly->sa_qkv_b, nrows, C, 3 * C, VT_ACT_NONE);
     for (int gi = 0; gi < ng; gi++) {
       if (g[gi].done)
         continue;
@@ -413,12 +415,12 @@ static void decoder_forward(vt_engine *e, decoder *d, group *g, int ng, const ba
       if (g[gi].done)
         continue;
       const size_t r0 = (size_t)g[gi].row0;
-      vt_decoder_attention(d->A + r0 * C, d->Q + r0 * C, d->kpool[j], d->vpool[j],
+      e->be->decoder_attention(d->A + r0 * C, d->Q + r0 * C, d->kpool[j], d->vpool[j],
                            r->slots + r0 * maxT, g[gi].n_rows, g[gi].pos, maxT, C, NH);
     }
-    vt_matmul(d->H, d->A, ly->sa_proj_w, ly->sa_proj_b, nrows, C, C, VT_ACT_NONE);
-    vt_residual_layernorm(d->Y, d->A, d->H, ly->ln2_w, ly->ln2_b, nrows, C);
-    vt_matmul(d->Q, d->A, ly->ca_q_w, ly->ca_q_b, nrows, C, C, VT_ACT_NONE);
+    e->be->matmul(d->H, d->A, ly->sa_proj_w, ly->sa_proj_b, nrows, C, C, VT_ACT_NONE);
+    e->be->residual_layernorm(d->Y, d->A, d->H, ly->ln2_w, ly->ln2_b, nrows, C);
+    e->be->matmul(d->Q, d->A, ly->ca_q_w, ly->ca_q_b, nrows, C, C, VT_ACT_NONE);
     for (int gi = 0; gi < ng; gi++) {
       if (g[gi].done)
         continue;
@@ -427,16 +429,16 @@ static void decoder_forward(vt_engine *e, decoder *d, group *g, int ng, const ba
       qo[1] = g[gi].n_rows;
       ko[0] = 0;
       ko[1] = NQ;
-      vt_cross_attention(d->A + r0 * C, d->Q + r0 * C,
+      e->be->cross_attention(d->A + r0 * C, d->Q + r0 * C,
                          bt->xkv[j] + (size_t)g[gi].req * NQ * 2 * C, qo, ko, 1, C, NH);
     }
-    vt_matmul(d->H, d->A, ly->ca_proj_w, ly->ca_proj_b, nrows, C, C, VT_ACT_NONE);
-    vt_residual_layernorm(d->Y, d->A, d->H, ly->ln3_w, ly->ln3_b, nrows, C);
-    vt_matmul(d->FF, d->A, ly->fc1_w, ly->fc1_b, nrows, C, F, VT_ACT_GELU);
-    vt_matmul(d->H, d->FF, ly->fc2_w, ly->fc2_b, nrows, F, C, VT_ACT_NONE);
-    vt_add(d->Y, d->H, nrows * C);
+    e->be->matmul(d->H, d->A, ly->ca_proj_w, ly->ca_proj_b, nrows, C, C, VT_ACT_NONE);
+    e->be->residual_layernorm(d->Y, d->A, d->H, ly->ln3_w, ly->ln3_b, nrows, C);
+    e->be->matmul(d->FF, d->A, ly->fc1_w, ly->fc1_b, nrows, C, F, VT_ACT_GELU);
+    e->be->matmul(d->H, d->FF, ly->fc2_w, ly->fc2_b, nrows, F, C, VT_ACT_NONE);
+    e->be->add(d->Y, d->H, nrows * C);
   }
-  vt_layernorm(d->h, d->Y, w->ln_dec_w, w->ln_dec_b, nrows, C);
+  e->be->layernorm(d->h, d->Y, w->ln_dec_w, w->ln_dec_b, nrows, C);
 }
 
 /* Beam selection for every group after a forward pass; builds d->next and swaps it in.
@@ -456,7 +458,7 @@ static int select_step(vt_engine *e, decoder *d, group *g, int ng) {
     }
     gp->first = 0;
     const vt_trie *t = gp->trie;
-    int ns = vt_beam_step(d->sel_parent, d->sel_token, d->sel_node, d->sel_score, d->sel_phrase,
+    int ns = e->be->beam_step(d->sel_parent, d->sel_token, d->sel_node, d->sel_score, d->sel_phrase,
                           d->h + (size_t)r0 * C, d->cur.node + r0, d->cur.score + r0, gp->n_rows,
                           b->w.tok_emb, t->indptr, t->token, t->child, t->phrase, C, gp->width,
                           d->scratch);
@@ -632,7 +634,7 @@ static int retrieve(vt_engine *e, const vt_request *r, vt_section *sec, const fl
     for (int i = c->kw_off[kw]; i < c->kw_off[kw + 1]; i++)
       e->seen[c->kw_prod[i]] = 0;
   }
-  vt_retrieval_scores(dot, u, c->emb, cand, nc, R);
+  e->be->retrieval_scores(dot, u, c->emb, cand, nc, R);
   const float wa = b->rank_again, wc = b->rank_cooc, wp = b->rank_popularity;
   int m = 0;
   for (int i = 0; i < nc; i++) {
@@ -651,7 +653,7 @@ static int retrieve(vt_engine *e, const vt_request *r, vt_section *sec, const fl
     ids[i] = cand[ids[i]];
   int32_t *top;
   ALLOC(top, m);
-  const int k = vt_topk(top, top_score, score, ids, m, r->products_per_section, scratch);
+  const int k = e->be->topk(top, top_score, score, ids, m, r->products_per_section, scratch);
   sec->n_products = k;
   for (int i = 0; i < k; i++) {
     const int p = top[i];
@@ -725,7 +727,7 @@ int vt_engine_run(vt_engine *e, const vt_request *reqs, int B, vt_storefront *ou
     float *logits;
     ALLOC(logits, V);
     for (int i = 0; i < B; i++) {
-      vt_matmul(logits, d.h + (size_t)i * C, b->w.tok_emb, NULL, 1, C, V, VT_ACT_NONE);
+      e->be->matmul(logits, d.h + (size_t)i * C, b->w.tok_emb, NULL, 1, C, V, VT_ACT_NONE);
       trace(tctx, i, "first_logits", logits, 1, V);
     }
     int n = select_step(e, &d, g1, B);
