@@ -6,7 +6,8 @@ THREADS ?= 2
 REQUEST ?= train/demo_request.json
 MODEL_SRC := train/shop.py train/model.py train/data.py train/vocab.py train/calendar.py train/train.py
 
-.PHONY: all deps configure build demo test bundle golden eval parity bench-cpu clean
+.PHONY: all deps configure build demo test bundle golden eval parity bench-cpu check-asan \
+	check-valgrind clean
 
 all: build
 
@@ -67,5 +68,23 @@ parity: build golden
 bench-cpu: build bundle
 	bench/run_cpu.sh 1
 
+# the C tests under AddressSanitizer + UndefinedBehaviorSanitizer (a separate build tree); any
+# sanitizer report in the log fails the target, as a report inside a Criterion worker may not
+check-asan: deps
+	@cmake -S . -B $(BUILD)-asan -DVITRINE_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
+	@cmake --build $(BUILD)-asan -j2
+	cd $(BUILD)-asan && ctest --output-on-failure -E reference_model
+	@! grep -E "ERROR: (Address|Leak)Sanitizer|runtime error:" $(BUILD)-asan/Testing/Temporary/LastTest.log
+
+# valgrind on the CLI, for a storefront and for a refused request: no errors, no leaks
+check-valgrind: build bundle
+	valgrind --leak-check=full --errors-for-leak-kinds=all --error-exitcode=1 -q \
+	  $(BUILD)/vitrine recommend --bundle $(DEMO)/bundle --catalog $(DEMO)/catalog \
+	  --request $(REQUEST) >/dev/null
+	echo '{"now": 5, "region": "eu"}' | valgrind --leak-check=full --errors-for-leak-kinds=all \
+	  --error-exitcode=99 -q $(BUILD)/vitrine recommend --bundle $(DEMO)/bundle \
+	  --catalog $(DEMO)/catalog --request - 2>$(BUILD)/valgrind-refused.log; test $$? -eq 2
+	grep -q "sections must be" $(BUILD)/valgrind-refused.log
+
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) $(BUILD)-asan
