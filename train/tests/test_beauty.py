@@ -1,0 +1,97 @@
+import gzip
+import math
+import os
+
+import numpy as np
+import pytest
+
+from train import beauty
+
+DATA = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "amazon-beauty")
+
+
+def write_data(d, items, rows):
+    with gzip.open(os.path.join(d, "items.csv.gz"), "wt") as f:
+        f.write("item_idx,asin,title,attributes\n")
+        for i, (asin, title, attrs) in enumerate(items, 1):
+            f.write('%d,%s,"%s",%s\n' % (i, asin, title, attrs))
+    with gzip.open(os.path.join(d, "interactions.csv.gz"), "wt") as f:
+        f.write("user_idx,user_id,item_idx,asin,timestamp\n")
+        for u, i, ts in rows:
+            f.write("%d,U%d,%d,%s,%d\n" % (u, u, i, items[i - 1][0], ts))
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    items = [("A1", "OPI Red", "OPI|Makeup|Nails|Nail Polish"),
+             ("A2", "Brush &amp; Co", "Tools & Accessories|Makeup Brushes & Tools"),
+             ("A3", "L&#39;Oreal Gel", "L&#39;Oreal Paris|Hair Care|Styling Products"),
+             ("A4", "Plain", "Unknown|Skin Care|Face")]
+    rows = [(1, 1, 10), (1, 2, 10), (1, 3, 20), (1, 4, 30),
+            (2, 2, 5), (2, 1, 6), (2, 3, 7)]
+    write_data(str(tmp_path), items, rows)
+    return str(tmp_path)
+
+
+def test_load_parses_brands_categories_and_entities(tiny):
+    items, seqs = beauty.load(tiny)
+    assert items[0]["brand"] == "OPI" and items[0]["categories"] == ["Makeup", "Nails", "Nail Polish"]
+    assert items[1]["brand"] is None and items[1]["title"] == "Brush & Co"
+    assert items[2]["brand"] == "L'Oreal Paris"
+    assert items[3]["brand"] is None, "'Unknown' is no brand"
+    assert seqs == [[(0, 10), (1, 10), (2, 20), (3, 30)], [(1, 5), (0, 6), (2, 7)]]
+
+
+def test_leave_one_out_split_is_exact(tiny):
+    _, seqs = beauty.load(tiny)
+    train, valid, test = beauty.split(seqs)
+    assert train == [[0, 1], [1]]
+    assert valid == [([0, 1], 2), ([1], 0)]
+    assert test == [([0, 1, 2], 3), ([1, 0], 2)]
+
+
+def test_keywords_from_attributes(tiny):
+    items, _ = beauty.load(tiny)
+    phrases, item_kw = beauty.keyword_phrases(items, min_items=1)
+    assert "nail polish" in phrases and "opi nail polish" in phrases and "opi" in phrases
+    assert "l oreal paris styling products" in phrases
+    assert {phrases[k] for k in item_kw[3]} == {"skin care", "face"}
+    phrases2, _ = beauty.keyword_phrases(items, min_items=2)
+    assert phrases2 == [], "no phrase is shared by 2+ of these items"
+
+
+def test_ranking_ties_and_metrics():
+    s = np.array([1.0, 3.0, 3.0, 0.5])
+    assert beauty.rank_of(s, 1) == 0 and beauty.rank_of(s, 2) == 1, "ties: lower index first"
+    assert beauty.rank_of(s, 3) == 3
+    m = beauty.metrics([0, 4, 9, 10])
+    assert m["recall@5"] == 0.5 and m["recall@10"] == 0.75
+    assert m["ndcg@10"] == pytest.approx((1 + 1 / math.log2(6) + 1 / math.log2(11)) / 4)
+
+
+def test_cooccurrence_window_and_direction():
+    c = beauty.cooccurrence([[0, 1, 2]], 3, window=1, direction="forward")
+    assert c[0, 1] == 1 and c[1, 2] == 1 and c[0, 2] == 0 and c[1, 0] == 0
+    c = beauty.cooccurrence([[0, 1, 2]], 3, window=2, direction="both")
+    assert c[0, 2] == 1 and c[2, 0] == 1 and c[1, 0] == 1
+
+
+def test_absent_data_is_skipped_cleanly(tmp_path, capsys):
+    assert beauty.main(["--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 0
+    assert "absent; skipping" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not os.path.isdir(DATA), reason="shared/data/amazon-beauty is absent")
+def test_real_data_matches_its_readme():
+    items, seqs = beauty.load(DATA)
+    assert len(items) == 12101 and len(seqs) == 22363
+    assert sum(len(s) for s in seqs) == 198502
+    assert min(len(s) for s in seqs) >= 5, "5-core"
+
+
+def test_rank_with_tiebreak():
+    s = np.array([2.0, 1.0, 1.0, 1.0, 0.0])
+    pop = np.array([0.0, 5.0, 9.0, 5.0, 100.0])
+    assert beauty.rank_of(s, 2, pop) == 1
+    assert beauty.rank_of(s, 1, pop) == 2 and beauty.rank_of(s, 3, pop) == 3
+    assert beauty.rank_of(s, 4, pop) == 4
