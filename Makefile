@@ -53,10 +53,10 @@ $(DEMO)/eval.json: $(DEMO)/bundle/manifest.json $(DEMO)/models/teacher-ranker.js
 eval: bundle $(DEMO)/eval.json
 	@$(PY) -c "import json,sys; from train.evaluate import print_table; print_table(json.load(open('$(DEMO)/eval.json')))"
 
-# the main job: the C engine answers the embedded demo request from the demo bundle
+# the main job: `vitrine serve` on the demo bundle answers the demo request (and a few more) from a
+# real gRPC client, then drains on SIGTERM (deploy/demo.sh)
 demo: bundle build
-	$(BUILD)/vitrine recommend --bundle $(DEMO)/bundle --catalog $(DEMO)/catalog \
-	  --request $(REQUEST) --pretty
+	BUILD=$(BUILD) DEMO=$(DEMO) REQUEST=$(REQUEST) deploy/demo.sh
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure

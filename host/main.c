@@ -12,14 +12,17 @@
 #include "host/catalog.h"
 #include "host/engine.h"
 #include "host/request.h"
+#include "host/serve.h"
 
 static void usage(FILE *f) {
   fputs("usage: vitrine recommend --bundle DIR --catalog DIR --request FILE|- [--pretty]\n"
         "       vitrine info --bundle DIR --catalog DIR\n"
+        "       vitrine serve --bundle DIR --catalog DIR [options]  (vitrine serve --help)\n"
         "\n"
         "  recommend  run the cascade on one JSON request and print the storefront as JSON\n"
         "             (--pretty: as a table)\n"
-        "  info       print what the bundle and catalogue hold\n",
+        "  info       print what the bundle and catalogue hold\n"
+        "  serve      the gRPC server (docs/SERVER.md)\n",
         f);
 }
 
@@ -74,6 +77,8 @@ int main(int argc, char **argv) {
     usage(argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
   }
+  if (strcmp(argv[1], "serve") == 0)
+    return vt_serve_main(argc - 1, argv + 1);
   const char *cmd = argv[1], *bundle_dir = NULL, *catalog_dir = NULL, *request = NULL;
   int pretty = 0;
   for (int i = 2; i < argc; i++) {

@@ -7,6 +7,8 @@ PKGS=(
   python3-pytest                     # the reference model's tests
   libcjson-dev libopenblas-dev libssl-dev libcriterion-dev  # the C engine: manifest JSON, GEMM, sha256, tests
   valgrind                           # leak checks
+  libgrpc-dev libprotobuf-c-dev protobuf-c-compiler libmicrohttpd-dev grpc-proto  # vitrine serve
+  protobuf-compiler python3-grpcio python3-protobuf python3-prometheus-client  # server tests, demo
 )
 missing=()
 for p in "${PKGS[@]}"; do

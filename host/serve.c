@@ -1,0 +1,391 @@
+/* `vitrine serve`: options (flags and VITRINE_* environment variables), loading, warm-up, the
+ * gRPC server, the metrics endpoint, and the lifecycle driven by signals on the main thread:
+ * SIGHUP reloads the catalogue, SIGTERM/SIGINT drain and exit 0. */
+#include "serve.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bundle.h"
+#include "catalog.h"
+#include "metrics.h"
+#include "sched.h"
+#include "server.h"
+
+typedef struct opt {
+  const char *flag, *env, *arg, *help;
+  const char *sval; /* string options */
+  long ival;        /* integer options (arg "N") */
+  long lo, hi;
+} opt;
+
+enum {
+  O_BUNDLE, O_CATALOG, O_LISTEN, O_METRICS, O_WORKERS, O_CQ, O_BATCH, O_DELAY, O_CAPACITY,
+  O_EVENTS, O_MSG, O_DRAIN, O_LOGFMT, O_LOGREQ, O_CDELAY, O_N
+};
+
+static opt OPTS[O_N] = {
+    [O_BUNDLE] = {"--bundle", "VITRINE_BUNDLE", "DIR", "the model bundle (required)", NULL, 0, 0, 0},
+    [O_CATALOG] = {"--catalog", "VITRINE_CATALOG", "DIR",
+                   "the catalogue (required; SIGHUP reloads it from here)", NULL, 0, 0, 0},
+    [O_LISTEN] = {"--listen", "VITRINE_LISTEN", "HOST:PORT", "gRPC address (port 0: any free port)",
+                  "0.0.0.0:50051", 0, 0, 0},
+    [O_METRICS] = {"--metrics-listen", "VITRINE_METRICS_LISTEN", "IPV4:PORT|off",
+                   "Prometheus endpoint, GET /metrics (port 0: any free port)", "0.0.0.0:9464", 0,
+                   0, 0},
+    [O_WORKERS] = {"--workers", "VITRINE_WORKERS", "N", "engine workers (one engine and thread each)",
+                   NULL, 1, 1, 64},
+    [O_CQ] = {"--cq-threads", "VITRINE_CQ_THREADS", "N",
+              "gRPC completion-queue threads (parse and validate requests)", NULL, 2, 1, 64},
+    [O_BATCH] = {"--max-batch", "VITRINE_MAX_BATCH", "N", "largest engine batch", NULL, 16, 1, 1024},
+    [O_DELAY] = {"--max-queue-delay-us", "VITRINE_MAX_QUEUE_DELAY_US", "N",
+                 "longest a request waits for its batch to fill, microseconds", NULL, 500, 0,
+                 10000000},
+    [O_CAPACITY] = {"--queue-capacity", "VITRINE_QUEUE_CAPACITY", "N",
+                    "requests that may wait; more are refused with UNAVAILABLE", NULL, 512, 1,
+                    1000000},
+    [O_EVENTS] = {"--max-request-events", "VITRINE_MAX_REQUEST_EVENTS", "N",
+                  "events (and excluded ids) one request may carry", NULL, 4096, 1, 10000000},
+    [O_MSG] = {"--max-message-bytes", "VITRINE_MAX_MESSAGE_BYTES", "N",
+               "largest request or answer, bytes", NULL, 4 << 20, 1024, INT_MAX},
+    [O_DRAIN] = {"--drain-timeout-ms", "VITRINE_DRAIN_TIMEOUT_MS", "N",
+                 "on SIGTERM, how long accepted requests may take to finish", NULL, 10000, 0,
+                 3600000},
+    [O_LOGFMT] = {"--log-format", "VITRINE_LOG_FORMAT", "text|json", "log line format", "text", 0,
+                  0, 0},
+    [O_LOGREQ] = {"--log-requests", "VITRINE_LOG_REQUESTS", "0|1",
+                  "one log line per Recommend (the flag alone: 1; or --log-requests=0|1)",
+                  NULL, 0, 0, 1},
+    [O_CDELAY] = {"--compute-delay-us", "VITRINE_COMPUTE_DELAY_US", "N",
+                  "testing: added to every batch's compute time (warm-up included)", NULL, 0, 0,
+                  60000000},
+};
+
+static void usage(FILE *f) {
+  fputs("usage: vitrine serve --bundle DIR --catalog DIR [options]\n"
+        "\n"
+        "Serves vitrine.v1.Storefront and grpc.health.v1.Health over gRPC, and Prometheus\n"
+        "metrics over HTTP. Every option can also be set by its environment variable (a flag\n"
+        "wins over the variable). SIGTERM or SIGINT: drain and exit 0 (a second one stops\n"
+        "waiting for the queue); SIGHUP: reload the catalogue without dropping a request.\n\n",
+        f);
+  for (int i = 0; i < O_N; i++) {
+    const opt *o = &OPTS[i];
+    char left[64];
+    snprintf(left, sizeof left, "%s %s", o->flag, o->arg);
+    fprintf(f, "  %-36s %s\n  %-36s   env %s", left, o->help, "", o->env);
+    if (o->sval)
+      fprintf(f, ", default %s", o->sval);
+    else if (strcmp(o->arg, "DIR") != 0)
+      fprintf(f, ", default %ld", o->ival);
+    fputc('\n', f);
+  }
+}
+
+static int set_opt(opt *o, const char *v, const char *from) {
+  if (strcmp(o->arg, "N") != 0 && strcmp(o->arg, "0|1") != 0) {
+    o->sval = v;
+    return 0;
+  }
+  char *end;
+  errno = 0;
+  long x = strtol(v, &end, 10);
+  if (errno || end == v || *end || x < o->lo || x > o->hi) {
+    fprintf(stderr, "vitrine serve: %s must be an integer in %ld..%ld, not '%s'\n", from, o->lo,
+            o->hi, v);
+    return -1;
+  }
+  o->ival = x;
+  return 0;
+}
+
+static int parse_opts(int argc, char **argv) {
+  for (int i = 0; i < O_N; i++) {
+    const char *v = getenv(OPTS[i].env);
+    if (v && *v && set_opt(&OPTS[i], v, OPTS[i].env))
+      return -1;
+  }
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+      usage(stdout);
+      return 1;
+    }
+    int found = -1;
+    const char *val = NULL;
+    for (int k = 0; k < O_N; k++) {
+      size_t fl = strlen(OPTS[k].flag);
+      if (strncmp(a, OPTS[k].flag, fl) == 0 && (a[fl] == 0 || a[fl] == '=')) {
+        found = k;
+        val = a[fl] == '=' ? a + fl + 1 : NULL;
+        break;
+      }
+    }
+    if (found < 0) {
+      fprintf(stderr, "vitrine serve: unknown argument '%s' (see --help)\n", a);
+      return -1;
+    }
+    if (!val && found == O_LOGREQ)
+      val = "1";
+    if (!val) {
+      if (i + 1 >= argc) {
+        fprintf(stderr, "vitrine serve: %s needs a value\n", a);
+        return -1;
+      }
+      val = argv[++i];
+    }
+    if (set_opt(&OPTS[found], val, OPTS[found].flag))
+      return -1;
+  }
+  if (!OPTS[O_BUNDLE].sval || !OPTS[O_CATALOG].sval) {
+    fprintf(stderr, "vitrine serve: --bundle and --catalog (or VITRINE_BUNDLE and "
+                    "VITRINE_CATALOG) are required (see --help)\n");
+    return -1;
+  }
+  const char *lf = OPTS[O_LOGFMT].sval;
+  if (strcmp(lf, "text") && strcmp(lf, "json")) {
+    fprintf(stderr, "vitrine serve: --log-format must be text or json, not '%s'\n", lf);
+    return -1;
+  }
+  return 0;
+}
+
+/* Signals. Every thread vitrine starts blocks SIGTERM, SIGINT and SIGHUP and the main thread
+ * takes them with sigtimedwait; but threads that libraries start before main (OpenBLAS's pool)
+ * do not block them, and the kernel may deliver a process-wide signal to one of those: there a
+ * handler passes it on through a pipe, which the main thread polls too. */
+static int g_sig_pipe[2] = {-1, -1};
+
+static void on_signal(int sig) {
+  int saved = errno;
+  unsigned char b = (unsigned char)sig;
+  if (write(g_sig_pipe[1], &b, 1) < 0) {
+  } /* full pipe: a signal is pending anyway */
+  errno = saved;
+}
+
+/* A pending SIGTERM, SIGINT or SIGHUP, waiting up to timeout_ms; 0 if none. */
+static int poll_signal(const sigset_t *sigs, int timeout_ms) {
+  struct timespec zero = {0, 0};
+  int sig = sigtimedwait(sigs, NULL, &zero);
+  if (sig > 0)
+    return sig;
+  struct pollfd pfd = {.fd = g_sig_pipe[0], .events = POLLIN};
+  if (poll(&pfd, 1, timeout_ms) > 0) {
+    unsigned char b;
+    if (read(g_sig_pipe[0], &b, 1) == 1)
+      return b;
+  }
+  return 0;
+}
+
+/* The next of SIGTERM, SIGINT, SIGHUP. */
+static int next_signal(const sigset_t *sigs) {
+  for (;;) {
+    int sig = poll_signal(sigs, 100);
+    if (sig > 0)
+      return sig;
+  }
+}
+
+static void fmt_long(char *buf, size_t cap, long v) { snprintf(buf, cap, "%ld", v); }
+
+static int reload(vt_sched *s, vt_metrics *m, const vt_bundle *b, const char *dir, int workers) {
+  vt_err err = {0};
+  vt_catalog *c = NULL;
+  vt_gen *g = NULL;
+  int64_t t0 = vt_now_ns();
+  if (vt_catalog_load(&c, dir, b, &err) || vt_gen_create(&g, b, c, workers, 0, &err)) {
+    vt_metrics_reload(m, 0);
+    vt_log("error", "reload_failed", "catalog", dir, "error", err.msg, NULL);
+    return -1;
+  }
+  char ms[32];
+  fmt_long(ms, sizeof ms, (long)((vt_now_ns() - t0) / 1000000));
+  vt_log("info", "reloaded", "catalog", dir, "catalog_version", g->c->catalog_version, "ms", ms,
+         NULL);
+  vt_metrics_versions(m, b->model_version, g->c->catalog_version);
+  vt_sched_publish(s, g);
+  vt_metrics_reload(m, 1);
+  return 0;
+}
+
+/* Splits "host:port" at the last ':'; host is copied into h. */
+static int split_addr(const char *a, char *h, size_t cap, int *port) {
+  const char *colon = strrchr(a, ':');
+  if (!colon || (size_t)(colon - a) >= cap)
+    return -1;
+  memcpy(h, a, (size_t)(colon - a));
+  h[colon - a] = 0;
+  char *end;
+  long p = strtol(colon + 1, &end, 10);
+  if (end == colon + 1 || *end || p < 0 || p > 65535)
+    return -1;
+  *port = (int)p;
+  return 0;
+}
+
+int vt_serve_main(int argc, char **argv) {
+  int pr = parse_opts(argc, argv);
+  if (pr)
+    return pr > 0 ? 0 : 2;
+  vt_log_init(strcmp(OPTS[O_LOGFMT].sval, "json") == 0);
+
+  /* signals are handled by this thread only (sigtimedwait); every thread inherits the mask */
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+  signal(SIGPIPE, SIG_IGN);
+  if (pipe2(g_sig_pipe, O_CLOEXEC | O_NONBLOCK) == 0) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+  }
+
+  int workers = (int)OPTS[O_WORKERS].ival;
+  vt_err err = {0};
+  vt_bundle *b = NULL;
+  vt_catalog *c = NULL;
+  vt_gen *g = NULL;
+  vt_sched *s = NULL;
+  vt_server *srv = NULL;
+  int status = 2, metrics_port = -1, grpc_port = -1;
+  vt_metrics *m = vt_metrics_create();
+  if (!m) {
+    vt_log("error", "start_failed", "error", "out of memory", NULL);
+    return 1;
+  }
+  int64_t t0 = vt_now_ns();
+  /* listen first: while the model loads, health answers NOT_SERVING and Recommend UNAVAILABLE */
+  if (strcmp(OPTS[O_METRICS].sval, "off") != 0) {
+    char host[256];
+    int port;
+    if (split_addr(OPTS[O_METRICS].sval, host, sizeof host, &port)) {
+      fprintf(stderr, "vitrine serve: --metrics-listen must be IPV4:PORT or off, not '%s'\n",
+              OPTS[O_METRICS].sval);
+      goto done;
+    }
+    if (vt_metrics_listen(m, host, port, &metrics_port, &err)) {
+      vt_log("error", "start_failed", "error", err.msg, NULL);
+      status = 1;
+      goto done;
+    }
+  }
+  vt_server_opts sopts = {.listen = OPTS[O_LISTEN].sval,
+                          .cq_threads = (int)OPTS[O_CQ].ival,
+                          .max_message_bytes = (int)OPTS[O_MSG].ival,
+                          .max_request_events = (int)OPTS[O_EVENTS].ival,
+                          .log_requests = (int)OPTS[O_LOGREQ].ival,
+                          .max_batch = (int)OPTS[O_BATCH].ival};
+  if (vt_server_start(&srv, &sopts, m, &grpc_port, &err)) {
+    vt_log("error", "start_failed", "error", err.msg, NULL);
+    status = 1;
+    goto done;
+  }
+  char gp[16], mp[16];
+  fmt_long(gp, sizeof gp, grpc_port);
+  fmt_long(mp, sizeof mp, metrics_port);
+  vt_log("info", "listening", "grpc_port", gp, "metrics_port", mp, NULL);
+
+  if (vt_bundle_load(&b, OPTS[O_BUNDLE].sval, &err) ||
+      vt_catalog_load(&c, OPTS[O_CATALOG].sval, b, &err)) {
+    vt_log("error", "load_failed", "error", err.msg, NULL);
+    goto done;
+  }
+  char ncat[160];
+  snprintf(ncat, sizeof ncat, "%s", c->catalog_version);
+  /* takes c; builds the engines and runs a warm-up batch through each */
+  if (vt_gen_create(&g, b, c, workers, (int)OPTS[O_CDELAY].ival, &err)) {
+    vt_log("error", "warmup_failed", "error", err.msg, NULL);
+    goto done;
+  }
+  vt_metrics_versions(m, b->model_version, ncat);
+  vt_sched_opts so = {.workers = workers,
+                      .max_batch = (int)OPTS[O_BATCH].ival,
+                      .max_delay_us = (int)OPTS[O_DELAY].ival,
+                      .capacity = (int)OPTS[O_CAPACITY].ival,
+                      .compute_delay_us = (int)OPTS[O_CDELAY].ival};
+  if (vt_sched_create(&s, &so, g, m, &err)) { /* takes g */
+    g = NULL;
+    vt_log("error", "start_failed", "error", err.msg, NULL);
+    status = 1;
+    goto done;
+  }
+  g = NULL;
+  vt_server_attach(srv, s);
+  vt_server_set_serving(srv);
+  {
+    char w[16], mb[16], md[16], ms[32];
+    fmt_long(w, sizeof w, workers);
+    fmt_long(mb, sizeof mb, OPTS[O_BATCH].ival);
+    fmt_long(md, sizeof md, OPTS[O_DELAY].ival);
+    fmt_long(ms, sizeof ms, (long)((vt_now_ns() - t0) / 1000000));
+    vt_log("info", "serving", "grpc_port", gp, "metrics_port", mp, "model_version",
+           b->model_version, "catalog_version", ncat, "workers", w, "max_batch", mb,
+           "max_queue_delay_us", md, "startup_ms", ms, NULL);
+  }
+  int sig = 0;
+  for (;;) {
+    sig = next_signal(&sigs);
+    if (sig == SIGHUP) {
+      reload(s, m, b, OPTS[O_CATALOG].sval, workers);
+      continue;
+    }
+    break;
+  }
+  /* drain: NOT_SERVING, refuse new calls, let accepted ones finish */
+  vt_server_drain(srv);
+  char inq[32];
+  fmt_long(inq, sizeof inq, vt_sched_depth(s));
+  vt_log("info", "draining", "signal", sig == SIGINT ? "SIGINT" : "SIGTERM", "queued", inq, NULL);
+  /* accepted requests finish, up to the drain timeout; a second SIGTERM/SIGINT stops waiting */
+  int timed_out = 0, forced = 0;
+  int64_t drain_due = vt_now_ns() + (int64_t)OPTS[O_DRAIN].ival * 1000000;
+  while (vt_sched_wait_idle(s, 20) != 0) {
+    int again = poll_signal(&sigs, 0);
+    if (again == SIGTERM || again == SIGINT) {
+      forced = 1;
+      break;
+    }
+    if (vt_now_ns() >= drain_due) {
+      timed_out = 1;
+      break;
+    }
+  }
+  vt_server_detach(srv);
+  fmt_long(inq, sizeof inq, vt_sched_depth(s));
+  vt_sched_free(s); /* anything still queued is answered UNAVAILABLE */
+  s = NULL;
+  vt_server_stop(srv, 2000);
+  srv = NULL;
+  vt_log("info", "stopped", "drain_timed_out", timed_out ? "true" : "false", "forced",
+         forced ? "true" : "false", "abandoned", inq, NULL);
+  status = 0;
+done:
+  if (srv) {
+    vt_server_drain(srv);
+    vt_server_detach(srv);
+  }
+  vt_sched_free(s);
+  vt_server_stop(srv, 0);
+  vt_gen_unref(g);
+  vt_metrics_free(m);
+  vt_bundle_free(b);
+  return status;
+}
