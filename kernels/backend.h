@@ -59,7 +59,13 @@ typedef struct vt_backend {
 /* The CPU backend: plain C with OpenBLAS; host memory. */
 const vt_backend *vt_backend_cpu(void);
 
-/* A backend by name ("cpu"; device backends when built in), or NULL. */
+/* A backend by name ("cpu"; "cuda" or "cuda:0" when built with VITRINE_CUDA and a device
+ * answers), or NULL. */
 const vt_backend *vt_backend_find(const char *name);
+
+#ifdef VITRINE_HAVE_CUDA
+/* The CUDA backend on device 0's default stream, or NULL when no device answers. */
+const vt_backend *vt_backend_cuda(void);
+#endif
 
 #endif

@@ -52,5 +52,9 @@ const vt_backend *vt_backend_cpu(void) { return &cpu_backend; }
 const vt_backend *vt_backend_find(const char *name) {
   if (name && strcmp(name, "cpu") == 0)
     return &cpu_backend;
-  return NULL; /* device backends register here when the build has them */
+#ifdef VITRINE_HAVE_CUDA
+  if (name && (strcmp(name, "cuda") == 0 || strcmp(name, "cuda:0") == 0))
+    return vt_backend_cuda();
+#endif
+  return NULL;
 }

@@ -19,7 +19,9 @@ pytestmark = pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgri
 
 def test_valgrind_clean(fixture_requests, tmp_path):
     log = tmp_path / "vg.log"
+    supp = os.path.join(os.path.dirname(__file__), "..", "valgrind.supp")  # ld.so false positive
     p = subprocess.Popen(["valgrind", "--leak-check=full", "--errors-for-leak-kinds=definite,indirect",
+                          f"--suppressions={supp}",
                           "--error-exitcode=9", f"--log-file={log}", VITRINE, "serve",
                           "--bundle", os.path.join(FIXTURE, "bundle"),
                           "--catalog", os.path.join(FIXTURE, "catalog"),

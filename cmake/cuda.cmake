@@ -1,0 +1,76 @@
+# The CUDA backend: kernels/cuda/*.cu behind kernels/ops_cuda.h, as the static library
+# vitrine_cuda, linked into vitrine_kernels with VITRINE_HAVE_CUDA=1.
+#
+# VITRINE_CUDA=AUTO (default): build it when an nvcc is found (CUDACXX, PATH, or
+#   /usr/local/cuda/bin), else say so and build the CPU engine only;
+# VITRINE_CUDA=ON: an nvcc is required; VITRINE_CUDA=OFF: never.
+# No GPU is needed to build: the arches are fixed (sm_80 and sm_90 SASS plus sm_90 PTX for newer
+# GPUs); the tests skip themselves at run time when no device answers.
+# Included by the top-level CMakeLists.txt right after the vitrine_kernels target is defined.
+
+set(VITRINE_CUDA AUTO CACHE STRING "Build the CUDA backend: AUTO (if nvcc is found), ON or OFF")
+set_property(CACHE VITRINE_CUDA PROPERTY STRINGS AUTO ON OFF)
+string(TOUPPER "${VITRINE_CUDA}" _vt_cuda_mode)
+if(NOT _vt_cuda_mode MATCHES "^(AUTO|ON|OFF)$")
+  message(FATAL_ERROR "VITRINE_CUDA must be AUTO, ON or OFF, not '${VITRINE_CUDA}'")
+endif()
+
+set(VITRINE_HAVE_CUDA OFF)
+if(_vt_cuda_mode STREQUAL "OFF")
+  message(STATUS "vitrine: CUDA backend off (VITRINE_CUDA=OFF)")
+else()
+  if(NOT CMAKE_CUDA_COMPILER)
+    find_program(VITRINE_NVCC nvcc HINTS ENV CUDACXX PATHS /usr/local/cuda/bin NO_CACHE)
+    if(DEFINED ENV{CUDACXX} AND EXISTS "$ENV{CUDACXX}")
+      set(VITRINE_NVCC "$ENV{CUDACXX}")
+    endif()
+    if(VITRINE_NVCC)
+      set(CMAKE_CUDA_COMPILER "${VITRINE_NVCC}" CACHE FILEPATH "The CUDA compiler" FORCE)
+    endif()
+  endif()
+  if(CMAKE_CUDA_COMPILER)
+    set(VITRINE_HAVE_CUDA ON)
+  elseif(_vt_cuda_mode STREQUAL "ON")
+    message(FATAL_ERROR "VITRINE_CUDA=ON but no nvcc was found (set CUDACXX or put nvcc on PATH)")
+  else()
+    message(STATUS "vitrine: no nvcc found, skipping the CUDA backend (VITRINE_CUDA=AUTO)")
+  endif()
+endif()
+
+if(VITRINE_HAVE_CUDA)
+  if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
+    set(CMAKE_CUDA_ARCHITECTURES "80-real;90-real;90-virtual")
+  endif()
+  # one CUDA runtime for everything: the shared libcudart that CUDA::cudart names
+  set(CMAKE_CUDA_RUNTIME_LIBRARY Shared)
+  enable_language(CUDA)
+  find_package(CUDAToolkit REQUIRED)
+  message(STATUS "vitrine: CUDA backend on (nvcc ${CMAKE_CUDA_COMPILER_VERSION}, "
+                 "arches ${CMAKE_CUDA_ARCHITECTURES})")
+
+  file(GLOB VITRINE_CUDA_SRC CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/kernels/cuda/*.cu)
+  add_library(vitrine_cuda STATIC ${VITRINE_CUDA_SRC})
+  # the directory's C warning and sanitizer flags (-Wstrict-prototypes, -fsanitize=...) are not
+  # nvcc's: replace them with the host compiler's warnings, passed through -Xcompiler
+  set_property(TARGET vitrine_cuda PROPERTY COMPILE_OPTIONS "")
+  target_compile_options(vitrine_cuda PRIVATE
+                         $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall,-Wextra,-Wshadow>)
+  if(VITRINE_WERROR)
+    target_compile_options(vitrine_cuda PRIVATE
+                           $<$<COMPILE_LANGUAGE:CUDA>:-Werror=all-warnings>
+                           $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Werror>)
+  endif()
+  set_target_properties(vitrine_cuda PROPERTIES CUDA_STANDARD 17 CUDA_STANDARD_REQUIRED ON
+                                                POSITION_INDEPENDENT_CODE ON)
+  target_include_directories(vitrine_cuda PUBLIC ${CMAKE_SOURCE_DIR})
+  target_link_libraries(vitrine_cuda PUBLIC CUDA::cudart CUDA::cublas)
+
+  target_link_libraries(vitrine_kernels PUBLIC vitrine_cuda)
+  # vitrine_kernels was made before CUDA was enabled: give it the arches CMake checks for
+  set_target_properties(vitrine_kernels PROPERTIES
+                        CUDA_ARCHITECTURES "${CMAKE_CUDA_ARCHITECTURES}")
+  target_compile_definitions(vitrine_kernels PUBLIC VITRINE_HAVE_CUDA=1)
+  # the CUDA backend table (plain C over ops_cuda.h), registered by vt_backend_find("cuda...")
+  target_sources(vitrine_kernels PRIVATE ${CMAKE_SOURCE_DIR}/kernels/cuda/backend_cuda.c)
+endif()
+unset(_vt_cuda_mode)

@@ -1,0 +1,175 @@
+/* Shared pieces of the CUDA kernels: error reporting, CEIL_DIV, warp and block reductions, the
+ * device time bucket, and the total order used by the top-k selections (beam step, retrieval).
+ * Internal to kernels/cuda/; the public interface is kernels/ops_cuda.h.
+ */
+#ifndef VITRINE_KERNELS_CUDA_COMMON_CUH
+#define VITRINE_KERNELS_CUDA_COMMON_CUH
+
+#include <cuda_runtime.h>
+#include <float.h>
+#include <stdint.h>
+
+#include "kernels/ops_cuda.h"
+
+#define CEIL_DIV(a, b) (((a) + (b) - 1) / (b))
+#define WARP 32
+
+/* Records a printf-style message as this thread's last error and returns code. */
+int vt__cuda_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* After a launch: 0, or VT_CUDA_EDEVICE with the CUDA error named after `what`. */
+int vt__cuda_check_launch(const char *what);
+
+static inline cudaStream_t vt__stream(void *s) { return (cudaStream_t)s; }
+
+/* ---- reductions (blockDim.x a multiple of 32, at most 1024) ------------------------------- */
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = WARP / 2; o > 0; o /= 2) {
+    v += __shfl_xor_sync(0xffffffffu, v, o);
+  }
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = WARP / 2; o > 0; o /= 2) {
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  }
+  return v;
+}
+
+/* The sum of v over the block, returned to every thread. shared: 32 floats. Contains barriers:
+ * every thread of the block must call it. */
+__device__ __forceinline__ float block_sum(float v, float *shared) {
+  const int lane = threadIdx.x % WARP, wid = threadIdx.x / WARP, nw = blockDim.x / WARP;
+  v = warp_sum(v);
+  __syncthreads(); // shared may still be read by a previous call
+  if (lane == 0) {
+    shared[wid] = v;
+  }
+  __syncthreads();
+  v = lane < nw ? shared[lane] : 0.0f;
+  return warp_sum(v);
+}
+
+__device__ __forceinline__ float block_max(float v, float *shared) {
+  const int lane = threadIdx.x % WARP, wid = threadIdx.x / WARP, nw = blockDim.x / WARP;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) {
+    shared[wid] = v;
+  }
+  __syncthreads();
+  v = lane < nw ? shared[lane] : -FLT_MAX;
+  return warp_max(v);
+}
+
+/* vt_time_bucket on the device: clamp(floor(ln(max(|a - b|, 1)) / 0.301), 0, 128) in double. */
+__device__ __forceinline__ int time_bucket_dev(int64_t a, int64_t b) {
+  uint64_t d = a >= b ? (uint64_t)a - (uint64_t)b : (uint64_t)b - (uint64_t)a;
+  if (d < 1) {
+    d = 1;
+  }
+  double f = floor(log((double)d) / 0.301);
+  if (f < 0.0) {
+    return 0;
+  }
+  if (f > (double)(VT_N_TIME_BUCKETS - 1)) {
+    return VT_N_TIME_BUCKETS - 1;
+  }
+  return (int)f;
+}
+
+/* ---- selection order ----------------------------------------------------------------------
+ * A candidate is (score s, id, pos): better = a number beats a NaN, then the higher score, then
+ * the lower id, then the lower position. Positions are unique, so this is a total order and any
+ * selection algorithm gives the CPU's result. pos < 0 marks "no candidate" (worse than all). */
+struct sel_key {
+  float s;
+  int32_t id;
+  int32_t pos;
+};
+
+__device__ __forceinline__ bool sel_better(const sel_key &a, const sel_key &b) {
+  if (a.pos < 0) {
+    return false;
+  }
+  if (b.pos < 0) {
+    return true;
+  }
+  const bool na = isnan(a.s), nb = isnan(b.s);
+  if (na != nb) {
+    return nb;
+  }
+  if (!na && a.s != b.s) {
+    return a.s > b.s;
+  }
+  if (a.id != b.id) {
+    return a.id < b.id;
+  }
+  return a.pos < b.pos;
+}
+
+__device__ __forceinline__ sel_key sel_none(void) {
+  sel_key k;
+  k.s = 0.0f;
+  k.id = 0;
+  k.pos = -1;
+  return k;
+}
+
+/* The best key over the block, returned to every thread. shared: 32 keys. Contains barriers. */
+__device__ __forceinline__ sel_key block_best(sel_key k, sel_key *shared) {
+  const int lane = threadIdx.x % WARP, wid = threadIdx.x / WARP, nw = blockDim.x / WARP;
+  for (int o = WARP / 2; o > 0; o /= 2) {
+    sel_key other;
+    other.s = __shfl_xor_sync(0xffffffffu, k.s, o);
+    other.id = __shfl_xor_sync(0xffffffffu, k.id, o);
+    other.pos = __shfl_xor_sync(0xffffffffu, k.pos, o);
+    if (sel_better(other, k)) {
+      k = other;
+    }
+  }
+  __syncthreads();
+  if (lane == 0) {
+    shared[wid] = k;
+  }
+  __syncthreads();
+  k = lane < nw ? shared[lane] : sel_none();
+  for (int o = WARP / 2; o > 0; o /= 2) {
+    sel_key other;
+    other.s = __shfl_xor_sync(0xffffffffu, k.s, o);
+    other.id = __shfl_xor_sync(0xffffffffu, k.id, o);
+    other.pos = __shfl_xor_sync(0xffffffffu, k.pos, o);
+    if (sel_better(other, k)) {
+      k = other;
+    }
+  }
+  return k;
+}
+
+/* The best min(k, m) of items 0 .. m-1, best first: emit(r, key) is called by thread 0 for rank
+ * r = 0, 1, ...; load(i) gives item i's key. k block-wide passes, each taking the best item
+ * ranked after the previous pick (a total order needs no "taken" marks). shared: 32 keys.
+ * Every thread of the block must call it. Meant for small k (beam widths, top-k lists). */
+template <class Load, class Emit>
+__device__ void block_select(int m, int k, Load load, Emit emit, sel_key *shared) {
+  const int kk = k < m ? k : m;
+  sel_key prev = sel_none();
+  for (int r = 0; r < kk; r++) {
+    sel_key best = sel_none();
+    for (int i = threadIdx.x; i < m; i += blockDim.x) {
+      const sel_key c = load(i);
+      if ((r == 0 || sel_better(prev, c)) && sel_better(c, best)) {
+        best = c;
+      }
+    }
+    best = block_best(best, shared);
+    if (threadIdx.x == 0) {
+      emit(r, best);
+    }
+    prev = best;
+  }
+}
+
+#endif
