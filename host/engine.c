@@ -645,19 +645,16 @@ static int retrieve(vt_engine *e, const vt_request *r, vt_section *sec, const fl
     s = s + wc * e->cooc[p];
     s = s + wp * c->log_pop[p];
     score[m] = s;
-    ids[m] = i; /* candidate position; mapped to products below (ties: lower product index) */
+    ids[m] = p; /* top-k breaks ties on the id: the lower product index wins */
     m++;
   }
-  /* ties break on the product index: rank by (score, product) via product ids */
-  for (int i = 0; i < m; i++)
-    ids[i] = cand[ids[i]];
   int32_t *top;
   ALLOC(top, m);
   const int k = e->be->topk(top, top_score, score, ids, m, r->products_per_section, scratch);
   sec->n_products = k;
   for (int i = 0; i < k; i++) {
     const int p = top[i];
-    int kw = -1;
+    int kw = -1; /* the keyword that first retrieved p in this section */
     for (int j = 0; j < nc && kw < 0; j++)
       if (cand[j] == p)
         kw = cred[j];

@@ -35,7 +35,7 @@ import torch
 from . import shop as shop_mod
 from .bundle import load_bundle, load_catalog
 from .cascade import Cascade, season_now
-from .data import make_request
+from .data import interaction_stats, make_request
 from .model import n_params
 from .train import load_checkpoint
 from .tune import page_ranking
@@ -48,11 +48,8 @@ def ranked_list(storefront, mode):
 
 
 def popularity(shop, n):
-    counts = np.zeros(n)
-    for s in shop["shoppers"]:
-        for e in shop_mod.observed(s):
-            if e["action"] == 3:
-                counts[e["item"]] += 1
+    """Products by observed purchases (the catalogue's popularity), ties to the lower index."""
+    counts = interaction_stats(shop)[0]
     return [int(i) for i in sorted(range(n), key=lambda i: (-counts[i], i))]
 
 
