@@ -1,6 +1,7 @@
 /* vitrine: the command line.
  *
  *   vitrine recommend --bundle DIR --catalog DIR --request FILE|- [--pretty]
+ *   vitrine batch     --bundle DIR --catalog DIR --requests FILE|- [--batch N]
  *   vitrine info      --bundle DIR --catalog DIR
  *
  * Exit status: 0 ok, 2 bad arguments, bundle, catalogue or request (the message names which). */
@@ -16,11 +17,15 @@
 
 static void usage(FILE *f) {
   fputs("usage: vitrine recommend --bundle DIR --catalog DIR --request FILE|- [--pretty]\n"
+        "       vitrine batch --bundle DIR --catalog DIR --requests FILE|- [--batch N]\n"
         "       vitrine info --bundle DIR --catalog DIR\n"
         "       vitrine serve --bundle DIR --catalog DIR [options]  (vitrine serve --help)\n"
         "\n"
         "  recommend  run the cascade on one JSON request and print the storefront as JSON\n"
         "             (--pretty: as a table)\n"
+        "  batch      offline scoring: one JSON request per line in, one storefront per line\n"
+        "             out in the same order, N requests per engine batch (default 64); a line\n"
+        "             that is refused becomes {\"line\": L, \"error\": \"...\"} (exit status 1)\n"
         "  info       print what the bundle and catalogue hold\n"
         "  serve      the gRPC server (docs/SERVER.md)\n",
         f);
@@ -72,6 +77,108 @@ static void print_pretty(const vt_storefront *s, const vt_bundle *b, const vt_ca
   }
 }
 
+/* `vitrine batch`: JSON lines in, storefront lines out, n requests per engine batch. Returns 0
+ * when every line was answered, 1 when some were refused (each refusal is printed in its place as
+ * {"line": L, "error": "..."}), 2 when the file cannot be read or the engine fails. */
+static int run_batch(vt_engine *e, const vt_bundle *b, const vt_catalog *c, const char *path,
+                     int batch) {
+  FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "r");
+  if (!f) {
+    fprintf(stderr, "vitrine: %s: cannot read the requests\n", path);
+    return 2;
+  }
+  vt_request *reqs = calloc((size_t)batch, sizeof *reqs);
+  vt_storefront *out = calloc((size_t)batch, sizeof *out);
+  long *line_no = calloc((size_t)batch, sizeof *line_no);
+  char **errors = calloc((size_t)batch, sizeof *errors);
+  int *ok = calloc((size_t)batch, sizeof *ok), *slot_of = calloc((size_t)batch, sizeof *slot_of);
+  int status = 0, eof = 0;
+  long lineno = 0, n_ok = 0, n_bad = 0;
+  char *line = NULL;
+  size_t cap = 0;
+  if (!reqs || !out || !line_no || !errors || !ok || !slot_of) {
+    fprintf(stderr, "vitrine: out of memory\n");
+    status = 2;
+    eof = 1;
+  }
+  while (!eof) {
+    /* read up to `batch` lines; refused lines keep their place in the output */
+    int n = 0, n_req = 0;
+    while (n < batch) {
+      ssize_t got = getline(&line, &cap, f);
+      if (got < 0) {
+        eof = 1;
+        break;
+      }
+      lineno++;
+      if (got == 0 || strspn(line, " \t\r\n") == (size_t)got)
+        continue; /* blank lines are skipped, as JSON-lines readers do */
+      vt_err err = {0};
+      line_no[n] = lineno;
+      errors[n] = NULL;
+      if (vt_request_parse(&reqs[n_req], line, (size_t)got, b, c, &err)) {
+        errors[n] = strdup(err.msg);
+        ok[n] = 0;
+      } else {
+        ok[n] = 1;
+        slot_of[n] = n_req++;
+      }
+      n++;
+    }
+    if (n == 0)
+      break;
+    vt_err err = {0};
+    if (n_req && vt_engine_run(e, reqs, n_req, out, NULL, NULL, &err)) {
+      fprintf(stderr, "vitrine: %s: lines %ld..%ld: %s\n", path, line_no[0], line_no[n - 1],
+              err.msg);
+      status = 2;
+      eof = 1;
+    }
+    for (int i = 0; i < n && status != 2; i++) {
+      if (ok[i]) {
+        char *js = vt_storefront_json(&out[slot_of[i]], b, c, 0);
+        if (!js) {
+          fprintf(stderr, "vitrine: out of memory\n");
+          status = 2;
+          break;
+        }
+        puts(js);
+        free(js);
+        n_ok++;
+      } else {
+        /* the message is ours (no quotes or control characters need escaping beyond these) */
+        fputs("{\"line\": ", stdout);
+        printf("%ld, \"error\": \"", line_no[i]);
+        for (const char *p = errors[i] ? errors[i] : "out of memory"; *p; p++) {
+          if (*p == '"' || *p == '\\')
+            putchar('\\');
+          if ((unsigned char)*p >= 0x20)
+            putchar(*p);
+        }
+        fputs("\"}\n", stdout);
+        n_bad++;
+        if (status == 0)
+          status = 1;
+      }
+    }
+    for (int i = 0; i < n; i++)
+      free(errors[i]);
+    for (int i = 0; i < n_req; i++)
+      vt_request_free(&reqs[i]);
+  }
+  fprintf(stderr, "vitrine batch: %ld answered, %ld refused\n", n_ok, n_bad);
+  free(line);
+  free(reqs);
+  free(out);
+  free(line_no);
+  free(errors);
+  free(ok);
+  free(slot_of);
+  if (f != stdin)
+    fclose(f);
+  return status;
+}
+
 int main(int argc, char **argv) {
   if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
     usage(argc < 2 ? stderr : stdout);
@@ -80,7 +187,7 @@ int main(int argc, char **argv) {
   if (strcmp(argv[1], "serve") == 0)
     return vt_serve_main(argc - 1, argv + 1);
   const char *cmd = argv[1], *bundle_dir = NULL, *catalog_dir = NULL, *request = NULL;
-  int pretty = 0;
+  int pretty = 0, batch = 64;
   for (int i = 2; i < argc; i++) {
     if (strcmp(argv[i], "--bundle") == 0 && i + 1 < argc)
       bundle_dir = argv[++i];
@@ -88,7 +195,17 @@ int main(int argc, char **argv) {
       catalog_dir = argv[++i];
     else if (strcmp(argv[i], "--request") == 0 && i + 1 < argc)
       request = argv[++i];
-    else if (strcmp(argv[i], "--pretty") == 0)
+    else if (strcmp(argv[i], "--requests") == 0 && i + 1 < argc)
+      request = argv[++i];
+    else if (strcmp(argv[i], "--batch") == 0 && i + 1 < argc) {
+      char *end;
+      long v = strtol(argv[++i], &end, 10);
+      if (*end || v < 1 || v > 4096) {
+        fprintf(stderr, "vitrine: --batch must be an integer in 1..4096\n");
+        return 2;
+      }
+      batch = (int)v;
+    } else if (strcmp(argv[i], "--pretty") == 0)
       pretty = 1;
     else {
       fprintf(stderr, "vitrine: unknown or incomplete argument '%s'\n", argv[i]);
@@ -97,12 +214,14 @@ int main(int argc, char **argv) {
     }
   }
   int is_rec = strcmp(cmd, "recommend") == 0, is_info = strcmp(cmd, "info") == 0;
-  if ((!is_rec && !is_info) || !bundle_dir || !catalog_dir || (is_rec && !request)) {
-    if (!is_rec && !is_info)
+  int is_batch = strcmp(cmd, "batch") == 0;
+  if ((!is_rec && !is_info && !is_batch) || !bundle_dir || !catalog_dir ||
+      ((is_rec || is_batch) && !request)) {
+    if (!is_rec && !is_info && !is_batch)
       fprintf(stderr, "vitrine: unknown command '%s'\n", cmd);
     else
       fprintf(stderr, "vitrine %s: --bundle, --catalog%s are required\n", cmd,
-                      is_rec ? " and --request" : "");
+                      is_rec ? " and --request" : is_batch ? " and --requests" : "");
     usage(stderr);
     return 2;
   }
@@ -130,6 +249,10 @@ int main(int argc, char **argv) {
            c->catalog_version, c->n_products, c->d_retrieval,
            (double)c->n_products * c->d_retrieval * 4 / (1 << 20));
     status = 0;
+    goto done;
+  }
+  if (is_batch) {
+    status = run_batch(e, b, c, request, batch);
     goto done;
   }
   size_t len = 0;

@@ -17,6 +17,7 @@
 #include "bundle.h"
 #include "catalog.h"
 #include "metrics.h"
+#include "device.h"
 #include "sched.h"
 #include "server.h"
 
@@ -29,7 +30,7 @@ typedef struct opt {
 
 enum {
   O_BUNDLE, O_CATALOG, O_LISTEN, O_METRICS, O_WORKERS, O_CQ, O_BATCH, O_DELAY, O_CAPACITY,
-  O_EVENTS, O_MSG, O_DRAIN, O_LOGFMT, O_LOGREQ, O_CDELAY, O_N
+  O_EVENTS, O_MSG, O_DRAIN, O_LOGFMT, O_LOGREQ, O_CDELAY, O_DEVICE, O_N
 };
 
 static opt OPTS[O_N] = {
@@ -67,6 +68,9 @@ static opt OPTS[O_N] = {
     [O_CDELAY] = {"--compute-delay-us", "VITRINE_COMPUTE_DELAY_US", "N",
                   "testing: added to every batch's compute time (warm-up included)", NULL, 0, 0,
                   60000000},
+    [O_DEVICE] = {"--device", "VITRINE_DEVICE", "cpu|cuda|cuda:N,..",
+                  "where the engines run (CUDA falls back to the CPU, with a log line, when it "
+                  "cannot be used)", "cpu", 0, 0, 0},
 };
 
 static void usage(FILE *f) {
@@ -260,6 +264,14 @@ int vt_serve_main(int argc, char **argv) {
 
   int workers = (int)OPTS[O_WORKERS].ival;
   vt_err err = {0};
+  vt_device_plan plan;
+  if (vt_device_plan_make(&plan, OPTS[O_DEVICE].sval, &err)) {
+    fprintf(stderr, "vitrine serve: %s\n", err.msg);
+    return 2;
+  }
+  if (plan.fell_back)
+    vt_log("warn", "device_fallback", "requested", OPTS[O_DEVICE].sval, "device", "cpu",
+           "reason", plan.reason, NULL);
   vt_bundle *b = NULL;
   vt_catalog *c = NULL;
   vt_gen *g = NULL;

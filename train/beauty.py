@@ -147,6 +147,76 @@ def mine_themes(train, item_keywords, phrases, n_themes=32, seed=0, iters=20):
     return names, [int(a) for a in assign]
 
 
+def build_shops(items, seqs, phrases, item_kw, themes, kw_theme, related_window, related_top=50):
+    """The data as two vitrine-shop files, so the demo's tools (train.train, train.tune,
+    train.export) run on it unchanged. -> (shop for training and validation, shop for the test).
+
+    Catalogue: one product per item (id = asin), its keywords with its leaf category first (the
+    keyword a purchase teaches the model: specific enough to mean something, broad enough to
+    retrieve), its theme that keyword's mined theme; one region "all" whose season follows the
+    calendar, every product suiting every season and in stock (the data has no such rules).
+    Shoppers: each review is a one-event session ending in a purchase (action "purchase", the
+    review's day). Per user, with items i_1..i_n:
+    - a "train" record of i_1..i_{n-2} (every session after the first is a training example);
+    - the validation shop adds a "valid" record i_1..i_{n-1} (its held-out session is i_{n-1});
+    - the test shop adds an "eval" record i_1..i_n (held out: i_n, history i_1..i_{n-1}).
+    Catalogue statistics (popularity, related items) come from the histories the protocol allows:
+    i_1..i_{n-2} for validation, i_1..i_{n-1} for the test ("in_stats" marks the counted record)."""
+    n_items = len(items)
+    for t in themes:
+        if len(t.split()) > 3:
+            raise ValueError("theme name %r longer than 3 words" % t)
+    products = []
+    for it, ks in zip(items, item_kw):
+        leaf = " ".join(_words(it["categories"][-1])) if it["categories"] else None
+        ks = sorted(ks, key=lambda k: (phrases[k] != leaf, ks.index(k)))
+        if not ks:
+            raise ValueError("item %s has no keyword" % it["asin"])
+        products.append({"id": it["asin"], "title": it["title"] or it["asin"],
+                         "brand": it["brand"] or "unknown", "theme": kw_theme[ks[0]],
+                         "keywords": ks, "seasons": [0, 1, 2, 3], "regions": [0], "stock": 1,
+                         "appeal": 1.0})
+    theme_rows = [{"id": j, "name": name, "seasons": [0, 1, 2, 3], "next": [],
+                   "keywords": [k for k in range(len(phrases)) if kw_theme[k] == j]}
+                  for j, name in enumerate(themes)]
+    keywords = [{"id": k, "text": phrases[k], "themes": [kw_theme[k]]}
+                for k in range(len(phrases))]
+
+    def record(u, seq, split, in_stats):
+        events, sessions = [], []
+        for i, (item, ts) in enumerate(seq):
+            events.append({"ts": ts, "action": 3, "item": item, "query": None})
+            sessions.append({"start": ts, "first_event": i, "end_event": i + 1,
+                             "theme": products[item]["theme"], "season": 0, "purchase": item})
+        return {"id": "u%05d" % u, "region": 0, "drifter": False, "events": events,
+                "sessions": sessions, "split": split, "in_stats": in_stats,
+                "drifted": bool(len(sessions) > 1 and
+                                sessions[-1]["theme"] != sessions[-2]["theme"])}
+
+    def shop(records):
+        return {"format": "vitrine-shop", "version": 1,
+                "params": {"seed": 0, "source": "amazon-beauty", "n_products": n_items,
+                           "related_window": related_window, "related_top": related_top,
+                           # semantic codes: titles tell apart products that share keywords and
+                           # brand; 12,101 products need TIGER's 256-entry codebooks
+                           "code_title_words": 500, "code_dims": 48, "codebook": 256},
+                "actions": ["view", "search", "cart", "purchase"],
+                "seasons": ["winter", "spring", "summer", "autumn"],
+                "regions": [{"name": "all", "season_offset": 0, "fixed_season": -1}],
+                "themes": theme_rows, "keywords": keywords, "products": products,
+                "shoppers": records}
+
+    train_v, train_t, valid, test = [], [], [], []
+    for u, s in enumerate(seqs):
+        if len(s) < 3:
+            continue
+        train_v.append(record(u, s[:-2], "train", True))
+        train_t.append(record(u, s[:-2], "train", False))
+        valid.append(record(u, s[:-1], "valid", False))
+        test.append(record(u, s, "eval", True))
+    return shop(train_v + valid), shop(train_t + test)
+
+
 def popularity(train, n_items):
     counts = np.zeros(n_items)
     for seq in train:
@@ -226,6 +296,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data", required=True, help="the amazon-beauty folder")
     ap.add_argument("--out", required=True, help="output folder (baselines.json)")
+    ap.add_argument("--shops", action="store_true",
+                    help="also write shop-valid.json and shop.json for the demo's tools")
     a = ap.parse_args(argv)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     if not os.path.isdir(a.data):
@@ -252,6 +324,13 @@ def main(argv=None):
                         "TIGER": {"recall@5": 0.0454, "ndcg@5": 0.0321, "recall@10": 0.0648,
                                   "ndcg@10": 0.0384}}
     os.makedirs(a.out, exist_ok=True)
+    if a.shops:
+        for name, shop in zip(("shop-valid.json", "shop.json"),
+                              build_shops(items, seqs, phrases, item_kw, themes, kw_theme,
+                                          params["window"])):
+            with open(os.path.join(a.out, name), "w") as f:
+                json.dump(shop, f, separators=(",", ":"))
+        log("beauty: shops -> %s/shop-valid.json, shop.json" % a.out)
     with open(os.path.join(a.out, "baselines.json"), "w") as f:
         json.dump(res, f, indent=1)
     print("%-28s %9s %9s %9s %9s" % ("system (test)", "R@5", "N@5", "R@10", "N@10"))

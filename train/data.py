@@ -13,6 +13,8 @@ max_events are kept; an item id the catalogue does not know embeds as the "unkno
 event without an item as the "none" row; query words outside the vocabulary become UNK, at most
 max_query_tokens of them; events after `now` count as 0 seconds ago.
 """
+import re
+
 import numpy as np
 import torch
 
@@ -77,6 +79,24 @@ def residual_kmeans(feats, levels, k, seed, iters=12, dims=24):
     return codes
 
 
+def title_features(prods, n_words, weight=0.3):
+    """(P, n_words) indicators of the n_words title words found in the most products (at least
+    3; ties by the word), scaled by weight."""
+    words = [set(re.findall(r"[a-z0-9]+", p["title"].lower())) for p in prods]
+    df = {}
+    for ws in words:
+        for w in ws:
+            df[w] = df.get(w, 0) + 1
+    vocab = [w for w, c in sorted(df.items(), key=lambda kv: (-kv[1], kv[0])) if c >= 3][:n_words]
+    index = {w: i for i, w in enumerate(vocab)}
+    out = np.zeros((len(prods), len(vocab)))
+    for i, ws in enumerate(words):
+        for w in ws:
+            if w in index:
+                out[i, index[w]] = weight
+    return out
+
+
 def dedup_level(codes, codebook):
     """TIGER's extra code level: the rank of a product among those sharing all earlier codes, so
     every product has a distinct code tuple (and so a distinct embedding)."""
@@ -96,14 +116,20 @@ RELATED_WINDOW, RELATED_TOP = 8, 24
 
 def interaction_stats(shop):
     """Catalogue statistics from observed events (never a held-out session):
-    popularity[p] = purchases of p; related[a] = the RELATED_TOP products b that most often
-    followed a within RELATED_WINDOW item events of one shopper, weight = count(a->b)/count(a->*)
-    rounded to float32."""
+    popularity[p] = purchases of p; related[a] = the `related_top` (default RELATED_TOP) products
+    b that most often followed a within `related_window` (default RELATED_WINDOW) item events of
+    one shopper, weight = count(a->b)/count(a->*) rounded to float32; both can be set in the
+    shop's params. A shopper marked "in_stats": false is left out (a record whose history another
+    record of the same person already counts, as in train.beauty's leave-one-out shops)."""
     from .shop import observed
     n = len(shop["products"])
+    window = shop["params"].get("related_window", RELATED_WINDOW)
+    top_n = shop["params"].get("related_top", RELATED_TOP)
     pop = [0] * n
     follow = {}
     for s in shop["shoppers"]:
+        if not s.get("in_stats", True):
+            continue
         items = []
         for e in observed(s):
             if e["action"] == 3:
@@ -112,13 +138,13 @@ def interaction_stats(shop):
                 items.append(e["item"])
         for i, a in enumerate(items):
             row = follow.setdefault(a, {})
-            for b in items[i + 1:i + 1 + RELATED_WINDOW]:
+            for b in items[i + 1:i + 1 + window]:
                 if b != a:
                     row[b] = row.get(b, 0) + 1
     related = [[] for _ in range(n)]
     for a, row in follow.items():
         total = sum(row.values())
-        top = sorted(row.items(), key=lambda kv: (-kv[1], kv[0]))[:RELATED_TOP]
+        top = sorted(row.items(), key=lambda kv: (-kv[1], kv[0]))[:top_n]
         related[a] = [(b, float(np.float32(c / total))) for b, c in top]
     return pop, related
 
@@ -169,7 +195,11 @@ class Catalog:
                 feats[i, -8 + s] = 0.5
             for r in p["regions"]:
                 feats[i, -4 + r] = 0.3
-        codes = residual_kmeans(feats, cfg_levels - 1, cfg_codebook, seed)
+        n_title = shop["params"].get("code_title_words", 0)
+        if n_title:  # real catalogues: many products share keywords and brand; titles tell apart
+            feats = np.concatenate([feats, title_features(prods, n_title)], axis=1)
+        codes = residual_kmeans(feats, cfg_levels - 1, cfg_codebook, seed,
+                                dims=shop["params"].get("code_dims", 24))
         codes = np.concatenate([codes, dedup_level(codes, cfg_codebook)], axis=1)
         pop, related = interaction_stats(shop)
         return cls([p["id"] for p in prods], [p["title"] for p in prods],

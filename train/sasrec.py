@@ -6,8 +6,9 @@ Model: item embedding + learned positions, `blocks` pre-norm causal self-attenti
 output tied to the item embedding. Loss: full softmax cross-entropy over all items at every
 position (stronger than the paper's one-negative BCE; stated because it matters). Training
 sequences are each user's items without the validation and test targets; the last `maxlen` items
-are kept. Epochs are chosen on the validation targets (early stopping, patience 3); the test
-ranking uses the history including the validation item. Full ranking over all items, ties to the
+are kept. Epochs are chosen on the validation targets (early stopping, patience 3), and so are
+dropout and maxlen (every point of --dropout x --maxlen is trained; the best validation NDCG@10
+is tested); the test ranking uses the history including the validation item. Full ranking over all items, ties to the
 lower index, no filtering of seen items.
 """
 import argparse
@@ -116,8 +117,8 @@ def main(argv=None):
     ap.add_argument("--data", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--epochs", type=int, default=40)
-    ap.add_argument("--maxlen", type=int, default=50)
-    ap.add_argument("--dropout", type=float, default=0.3)
+    ap.add_argument("--maxlen", default="50", help="comma-separated values to try")
+    ap.add_argument("--dropout", default="0.2,0.5", help="comma-separated values to try")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
@@ -129,13 +130,27 @@ def main(argv=None):
     items, seqs = beauty.load(a.data)
     train_seqs, valid, test = beauty.split(seqs)
     n = len(items)
-    model = SASRec(n, maxlen=a.maxlen, dropout=a.dropout)
     t0 = time.time()
-    vm, epochs = train(model, train_seqs, valid, n, a.epochs, log=log)
+    grid, best = [], None
+    for maxlen in [int(x) for x in a.maxlen.split(",")]:
+        for dropout in [float(x) for x in a.dropout.split(",")]:
+            torch.manual_seed(0)
+            model = SASRec(n, maxlen=maxlen, dropout=dropout)
+            t1 = time.time()
+            vm, epochs = train(model, train_seqs, valid, n, a.epochs, log=log)
+            point = {"maxlen": maxlen, "dropout": dropout, "epochs_run": epochs, "valid": vm,
+                     "train_seconds": round(time.time() - t1, 1)}
+            grid.append(point)
+            log("sasrec: %s" % json.dumps(point))
+            if best is None or vm["ndcg@10"] > best[0]["valid"]["ndcg@10"]:
+                best = (point, model)
+    point, model = best
     tm = evaluate(model, test, n)
-    res = {"model": "SASRec", "loss": "full softmax cross-entropy over all items",
-           "maxlen": a.maxlen, "dropout": a.dropout, "epochs_run": epochs,
-           "train_seconds": round(time.time() - t0, 1), "valid": vm, "test": tm}
+    res = {"model": "SASRec", "loss": "full softmax cross-entropy over all items (no sampled "
+           "negatives)", "params": {"maxlen": point["maxlen"], "dropout": point["dropout"],
+                                    "epochs": point["epochs_run"]},
+           "grid": grid, "train_seconds": round(time.time() - t0, 1), "valid": point["valid"],
+           "test": tm}
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, "sasrec.json"), "w") as f:
         json.dump(res, f, indent=1)

@@ -66,6 +66,14 @@ def kd_loss(student_logits, teacher_logits, keep, temp):
     return F.kl_div(s, t, reduction="batchmean") * temp * temp
 
 
+def sample_negatives(n_prod, negatives, g):
+    """Retrieval negatives: `negatives` uniform product indices, or every product (a full softmax;
+    the positive's own column is masked in forward_losses) when negatives >= n_prod."""
+    if negatives >= n_prod:
+        return torch.arange(n_prod)
+    return torch.randint(0, n_prod, (negatives,), generator=g)
+
+
 def length_batches(examples, batch, rng, pool=16):
     """Shuffled batches of similar history length (less padding): sort pools of pool x batch
     shuffled examples by length, cut them into batches, shuffle the batches."""
@@ -98,7 +106,7 @@ def train_model(model, examples, tables, prod_codes, epochs, batch=128, lr=3e-3,
             if max_steps is not None and step >= max_steps:
                 return losses
             b = collate_train([examples[i] for i in idx], tables, cfg)
-            neg = torch.randint(0, n_prod, (negatives,), generator=g)
+            neg = sample_negatives(n_prod, negatives, g)
             hard, parts, (ml, keep), rl = forward_losses(model, b, neg, prod_codes)
             loss = hard
             if teacher is not None:
@@ -130,12 +138,23 @@ def evaluate_loss(model, examples, tables, prod_codes, seed=1, negatives=128):
     for s0 in range(0, len(examples), 256):
         chunk = examples[s0:s0 + 256]
         b = collate_train(chunk, tables, model.cfg)
-        neg = torch.randint(0, len(prod_codes), (negatives,), generator=g)
+        neg = sample_negatives(len(prod_codes), negatives, g)
         _, parts, _, _ = forward_losses(model, b, neg, prod_codes)
         for k in tot:
             tot[k] += parts[k] * len(chunk)
         n += len(chunk)
     return {k: v / max(n, 1) for k, v in tot.items()}
+
+
+def without_time(model):
+    """Ablation: zero and freeze the time encoding's projection (Time2Vec and calendar features
+    then add nothing but a constant) and every encoder layer's time-bucket bias."""
+    with torch.no_grad():
+        model.time_proj.weight.zero_()
+        for layer in model.enc:
+            layer.time_bias.zero_()
+            layer.time_bias.requires_grad_(False)
+    model.time_proj.weight.requires_grad_(False)
 
 
 def save_checkpoint(path, model, extra):
@@ -163,6 +182,14 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-distill", action="store_true",
                     help="train the student on hard labels only (ablation)")
+    ap.add_argument("--no-time", action="store_true",
+                    help="ablation: the time encoding's projection and every time-bucket bias are "
+                    "held at zero (the bundle stays loadable by the C engine)")
+    ap.add_argument("--negatives", type=int, default=128,
+                    help="retrieval negatives per step, uniform over the catalogue; at least the "
+                    "number of products means a full softmax over every product")
+    ap.add_argument("--teacher-from", help="distil from this teacher checkpoint instead of "
+                    "training one")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -170,7 +197,8 @@ def main(argv=None):
     shop = shop_mod.load(a.shop)
     tables = Tables.from_shop(shop)
     os.makedirs(a.out, exist_ok=True)
-    common = dict(vocab_size=len(tables.vocab), n_regions=len(tables.regions))
+    common = dict(vocab_size=len(tables.vocab), n_regions=len(tables.regions),
+                  codebook=shop["params"].get("codebook", Config.codebook))
     catalog = Catalog.from_shop(shop, Config(**common).code_levels, Config(**common).codebook)
     prod_codes = torch.from_numpy(catalog.codes)
     t0 = time.time()
@@ -182,27 +210,38 @@ def main(argv=None):
     train = [examples[i] for i in perm[n_val:]]
     log("examples: %d train, %d validation (%.1fs)" % (len(train), len(val), time.time() - t0))
     report = {}
-    teacher = Model(Config(**common, **TEACHER))
-    log("teacher: %d parameters" % n_params(teacher))
-    t0 = time.time()
-    train_model(teacher, train, tables, prod_codes, a.teacher_epochs, lr=a.teacher_lr, seed=a.seed,
-                log=log)
-    report["teacher"] = {"params": n_params(teacher), "train_seconds": round(time.time() - t0, 1),
-                         "val_loss": evaluate_loss(teacher, val, tables, prod_codes)}
-    log("teacher: %s" % json.dumps(report["teacher"]))
-    save_checkpoint(os.path.join(a.out, "teacher.pt"), teacher, report["teacher"])
+    neg = dict(negatives=a.negatives)
+    if a.teacher_from:
+        teacher, report["teacher"] = load_checkpoint(a.teacher_from)
+        log("teacher: %s (loaded)" % a.teacher_from)
+    else:
+        teacher = Model(Config(**common, **TEACHER))
+        if a.no_time:
+            without_time(teacher)
+        log("teacher: %d parameters" % n_params(teacher))
+        t0 = time.time()
+        train_model(teacher, train, tables, prod_codes, a.teacher_epochs, lr=a.teacher_lr,
+                    seed=a.seed, log=log, **neg)
+        report["teacher"] = {"params": n_params(teacher),
+                             "train_seconds": round(time.time() - t0, 1),
+                             "val_loss": evaluate_loss(teacher, val, tables, prod_codes, **neg)}
+        log("teacher: %s" % json.dumps(report["teacher"]))
+        save_checkpoint(os.path.join(a.out, "teacher.pt"), teacher, report["teacher"])
     if a.only_teacher:
         return
     torch.manual_seed(a.seed + 1)
     student = Model(Config(**common, **STUDENT))
+    if a.no_time:
+        without_time(student)
     log("student: %d parameters" % n_params(student))
     t0 = time.time()
     train_model(student, train, tables, prod_codes, a.student_epochs, lr=a.student_lr,
                 seed=a.seed + 1,
-                teacher=None if a.no_distill else teacher, log=log)
+                teacher=None if a.no_distill else teacher, log=log, **neg)
     report["student"] = {"params": n_params(student), "train_seconds": round(time.time() - t0, 1),
-                         "distilled": not a.no_distill,
-                         "val_loss": evaluate_loss(student, val, tables, prod_codes)}
+                         "distilled": not a.no_distill, "time": not a.no_time,
+                         "negatives": a.negatives,
+                         "val_loss": evaluate_loss(student, val, tables, prod_codes, **neg)}
     log("student: %s" % json.dumps(report["student"]))
     save_checkpoint(os.path.join(a.out, "student.pt"), student, report["student"])
     with open(os.path.join(a.out, "training.json"), "w") as f:

@@ -24,6 +24,9 @@ from .train import load_checkpoint
 
 GRID = {"again": (0.0, 0.5, 1.0, 2.0, 4.0, 8.0), "cooc": (0.0, 2.0, 4.0, 8.0, 16.0, 32.0),
         "popularity": (0.0, 0.25, 0.5, 1.0)}
+# a larger catalogue's co-occurrence weights are smaller (more related items share the mass)
+WIDE_GRID = {"again": (0.0, 1.0, 4.0), "cooc": (0.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0),
+             "popularity": (0.0, 0.25, 0.5, 1.0, 2.0)}
 # page shapes tried (sections, keywords and products per section) and ways to rank a page
 SHAPES = ({"sections": 3, "keywords": 4, "products": 4}, {"sections": 2, "keywords": 4, "products": 5},
           {"sections": 2, "keywords": 6, "products": 5}, {"sections": 4, "keywords": 4, "products": 3})
@@ -92,16 +95,18 @@ def score(collected, ranker, n_products, ranking, k=10):
     return hits / n, ndcg / n
 
 
-def tune(cascade, shop, catalog, limit=None, log=None):
+def tune(cascade, shop, catalog, limit=None, log=None, shapes=SHAPES, rankings=RANKINGS,
+         grid=None):
     """-> (ranker weights, storefront shape with its ranking, (recall, ndcg), head-only recall)."""
     best, head_only = None, None
-    for shape in SHAPES:
+    grid = grid or GRID
+    for shape in shapes:
         collected = collect(cascade, shop, catalog, shape, limit=limit)
-        for ranking in RANKINGS:
-            for wa, wc, wp in itertools.product(GRID["again"], GRID["cooc"], GRID["popularity"]):
-                r = dict(DEFAULT_RANKER, again=wa, cooc=wc, popularity=wp)
+        for ranking in rankings:
+            for wa, wc, wp in itertools.product(grid["again"], grid["cooc"], grid["popularity"]):
+                r = dict(cascade.ranker, again=wa, cooc=wc, popularity=wp)
                 rec, nd = score(collected, r, shape["products"], ranking)
-                if shape is SHAPES[0] and ranking == RANKINGS[0] and (wa, wc, wp) == (0, 0, 0):
+                if shape is shapes[0] and ranking == rankings[0] and (wa, wc, wp) == (0, 0, 0):
                     head_only = rec
                 if best is None or (rec, nd) > best[0]:
                     best = ((rec, nd), r, dict(shape, ranking=ranking))
@@ -118,6 +123,12 @@ def main(argv=None):
     ap.add_argument("--out", required=True)
     ap.add_argument("--limit", type=int)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--shapes", help="JSON list of page shapes to try, e.g. "
+                    "'[{\"sections\": 4, \"keywords\": 8, \"products\": 10}]'")
+    ap.add_argument("--rankings", default=",".join(RANKINGS), help="page rankings to try")
+    ap.add_argument("--decay", type=float, default=DEFAULT_RANKER["decay"],
+                    help="recency decay of the history's item-to-item features (fixed, not tuned)")
+    ap.add_argument("--wide-grid", action="store_true", help="the grid for large catalogues")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
@@ -125,8 +136,11 @@ def main(argv=None):
     shop = shop_mod.load(a.shop)
     tables = Tables.from_shop(shop)
     catalog = Catalog.from_shop(shop, model.cfg.code_levels, model.cfg.codebook)
-    cascade = Cascade(model, tables, catalog)
-    ranker, storefront, (rec, nd), head_only = tune(cascade, shop, catalog, a.limit, log)
+    cascade = Cascade(model, tables, catalog, ranker=dict(DEFAULT_RANKER, decay=a.decay))
+    shapes = tuple(json.loads(a.shapes)) if a.shapes else SHAPES
+    ranker, storefront, (rec, nd), head_only = tune(
+        cascade, shop, catalog, a.limit, log, shapes, tuple(a.rankings.split(",")),
+        WIDE_GRID if a.wide_grid else GRID)
     result = {"ranker": ranker, "storefront": storefront,
               "valid_shoppers": len([s for s in shop["shoppers"] if s["split"] == "valid"]
                                     [:a.limit]),

@@ -118,3 +118,68 @@ def test_sasrec_learns_a_deterministic_sequence():
     seq, lens = sasrec.pad_right([[1, 2], [3]], 10)
     assert seq.tolist() == [[2, 3], [4, 0]] and lens.tolist() == [2, 1]
     assert torch.isfinite(model(seq)).all()
+
+
+def _shops(tiny_dir):
+    items, seqs = beauty.load(tiny_dir)
+    phrases, item_kw = beauty.keyword_phrases(items, min_items=1)
+    train, _, _ = beauty.split(seqs)
+    themes, kw_theme = beauty.mine_themes(train, item_kw, phrases, n_themes=2)
+    return items, seqs, phrases, beauty.build_shops(items, seqs, phrases, item_kw, themes,
+                                                    kw_theme, related_window=2)
+
+
+def test_shops_follow_the_protocol(tiny):
+    """The validation shop holds each user out at the second-to-last item, the test shop at the
+    last; no training record contains either target; catalogue statistics count i_1..i_{n-2} for
+    validation and i_1..i_{n-1} for the test, each once."""
+    from train import shop as shop_mod
+    from train.data import interaction_stats
+    items, seqs, phrases, (vshop, tshop) = _shops(tiny)
+    for shop, split, cut in ((vshop, "valid", 2), (tshop, "eval", 1)):
+        held = [s for s in shop["shoppers"] if s["split"] == split]
+        trains = [s for s in shop["shoppers"] if s["split"] == "train"]
+        assert len(held) == len(trains) == len(seqs)
+        for s, t, seq in zip(held, trains, seqs):
+            hist, now, last = shop_mod.holdout(s)
+            assert last["purchase"] == seq[-cut][0]
+            assert [e["item"] for e in hist] == [i for i, _ in seq[:-cut]]
+            assert now == seq[-cut][1] - 1
+            assert [e["item"] for e in t["events"]] == [i for i, _ in seq[:-2]]
+        pop, related = interaction_stats(shop)
+        want = [0] * len(items)
+        for seq in seqs:
+            for i, _ in seq[:-cut]:
+                want[i] += 1
+        assert pop == want
+    # user 1 bought A1 A2 A3 A4 and user 2 A2 A1 A3: in the test shop A3 follows A2 (window 2);
+    # in the validation shop A3 is both users' validation target, so nothing leads to it
+    _, rel_v = interaction_stats(vshop)
+    _, rel_t = interaction_stats(tshop)
+    assert 2 in [b for b, _ in rel_t[1]]
+    assert all(2 not in [b for b, _ in r] for r in rel_v)
+    # every product's first keyword is its leaf category (the keyword a purchase teaches)
+    nail = phrases.index("nail polish")
+    assert tshop["products"][0]["keywords"][0] == nail
+
+
+def test_storefront_ranking_and_hits(tiny):
+    """The page comes first in its page ranking, the rest by popularity; hits and keyword
+    coverage are read from the storefront."""
+    from train.beauty_eval import Scorer
+    _, _, phrases, (_, tshop) = _shops(tiny)
+    sc = Scorer(tshop)
+    pop_order = sc.pop_order
+    kw = tshop["products"][3]["keywords"][0]
+    sf = {"sections": [{"theme": {"id": tshop["products"][3]["theme"]},
+                        "keywords": [{"id": kw}],
+                        "products": [{"id": "A2", "score": 1.0}, {"id": "A3", "score": 3.0}]}]}
+    m = sc.score([sf], [2], "score")  # A3 (index 2) has the best score: rank 0
+    assert m["recall@5"] == 1.0 and m["ndcg@5"] == 1.0 and m["storefront_hit"] == 1.0
+    m = sc.score([sf], [1], "score")  # A2 second
+    assert m["ndcg@5"] == pytest.approx(1 / math.log2(3))
+    m = sc.score([sf], [3], "score")  # A4: not on the page, but its keyword was generated
+    rest = [i for i in pop_order if i not in (1, 2)]
+    assert sc.rank([2, 1], 3) == 2 + rest.index(3)
+    assert m["storefront_hit"] == 0.0 and m["keyword_coverage"] == 1.0 and m["theme_hit"] == 1.0
+    assert m["recall@10"] == float(2 + rest.index(3) < 10)

@@ -1,0 +1,243 @@
+"""The served cascade on Amazon Beauty: leave-one-out test scores of bundles answered by the C
+engine (`vitrine batch`), beside the baselines of train.beauty and train.sasrec.
+
+    /usr/bin/python3 -m train.beauty_eval --shop build/beauty/shop.json --vitrine build/vitrine \\
+        --system student=build/beauty/systems/student --system teacher=... \\
+        --baselines build/beauty/baselines.json [--sasrec build/beauty/sasrec.json] \\
+        --torch student --torch-limit 1000 \\
+        --out build/beauty/results.json
+
+A system directory holds bundle/, catalog/ and ranker.json (train.tune's choice of page shape and
+ranking, made on the validation targets). Every test user's history (all items but the last, as
+the protocol says) becomes one request for that page shape; the storefront answers it.
+
+How a storefront becomes one ranking of all 12,101 items (the metrics need one): the page's
+products in the page ranking train.tune chose ("score": by the ranker's score across sections;
+"round-robin": the first product of each section in section order, then the second, ...), then
+every product not on the page by catalogue popularity (then by index). Recall@K and NDCG@K are the
+published protocol's on that ranking. Also reported, for the product's own question:
+- storefront hit: the held-out item is anywhere on the page;
+- keyword coverage: the held-out item is among the products of a generated keyword (what
+  retrieval could have found; what limits every other number);
+- theme hit: the held-out item's theme is one of the page's themes.
+--torch runs the PyTorch reference cascade of a system's bundle on the first --torch-limit test users,
+constrained (its product ids are compared with the C engine's) and unconstrained (keywords decoded
+word by word without the trie; hallucination rate = generated keywords that are not catalogue
+keywords).
+"""
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+from . import shop as shop_mod
+from .cascade import Cascade
+from .data import make_request
+from .tune import page_ranking
+
+KS = (5, 10)
+
+
+def ranking_metrics(ranks):
+    out = {}
+    for k in KS:
+        out["recall@%d" % k] = float(np.mean([r < k for r in ranks])) if ranks else 0.0
+        out["ndcg@%d" % k] = float(np.mean([1 / math.log2(r + 2) if r < k else 0.0
+                                            for r in ranks])) if ranks else 0.0
+    return out
+
+
+class Scorer:
+    """Turns storefronts into the protocol's metrics (see the module's docstring)."""
+
+    def __init__(self, shop):
+        self.shop = shop
+        self.ids = {p["id"]: i for i, p in enumerate(shop["products"])}
+        n = len(shop["products"])
+        self.kw_products = [set() for _ in shop["keywords"]]
+        for i, p in enumerate(shop["products"]):
+            for k in p["keywords"]:
+                self.kw_products[k].add(i)
+        pop = np.zeros(n)
+        for s in shop["shoppers"]:
+            if s.get("in_stats", True):
+                for e in shop_mod.observed(s):
+                    pop[e["item"]] += 1
+        self.pop_order = sorted(range(n), key=lambda i: (-pop[i], i))
+
+    def rank(self, page, target):
+        """0-based rank of target in the full ranking: the page, then the rest by popularity."""
+        if target in page:
+            return page.index(target)
+        on_page = set(page)
+        r = len(page)
+        for i in self.pop_order:
+            if i == target:
+                return r
+            if i not in on_page:
+                r += 1
+        raise ValueError("target %d not in the catalogue" % target)
+
+    def score(self, storefronts, targets, mode):
+        ranks, hit, cover, theme_hit, sizes, kw_unknown, kw_total = [], 0, 0, 0, [], 0, 0
+        for sf, t in zip(storefronts, targets):
+            secs = [[{"index": self.ids[p["id"]], "score": p["score"]} for p in s["products"]]
+                    for s in sf["sections"]]
+            page = page_ranking(secs, mode)
+            ranks.append(self.rank(page, t))
+            hit += t in page
+            sizes.append(len(page))
+            kws = [k["id"] for s in sf["sections"] for k in s["keywords"]]
+            kw_total += len(kws)
+            kw_unknown += sum(1 for k in kws if k < 0)
+            cover += any(t in self.kw_products[k] for k in kws if k >= 0)
+            theme_hit += self.shop["products"][t]["theme"] in {s["theme"]["id"]
+                                                                for s in sf["sections"]}
+        n = max(1, len(targets))
+        out = ranking_metrics(ranks)
+        out.update({"storefront_hit": hit / n, "keyword_coverage": cover / n,
+                    "theme_hit": theme_hit / n, "page_products": float(np.mean(sizes)),
+                    "hallucination_rate": kw_unknown / max(1, kw_total), "users": len(targets)})
+        return out
+
+
+def test_cases(shop, shape):
+    """-> (requests, targets) for every eval record, in file order."""
+    ids = type("Ids", (), {"ids": [p["id"] for p in shop["products"]]})
+    reqs, targets = [], []
+    for s in shop["shoppers"]:
+        if s["split"] != "eval":
+            continue
+        hist, now, last = shop_mod.holdout(s)
+        reqs.append(make_request(hist, now, shop["regions"][s["region"]]["name"], ids,
+                                 shape["sections"], shape["keywords"], shape["products"],
+                                 shopper_id=s["id"]))
+        targets.append(last["purchase"])
+    return reqs, targets
+
+
+def run_c(vitrine, system_dir, reqs, batch=64):
+    """The C engine on every request (`vitrine batch`): -> (storefronts, seconds)."""
+    path = os.path.join(system_dir, "test-requests.jsonl")
+    with open(path, "w") as f:
+        for r in reqs:
+            f.write(json.dumps(r, separators=(",", ":")) + "\n")
+    t0 = time.perf_counter()
+    p = subprocess.run([vitrine, "batch", "--bundle", os.path.join(system_dir, "bundle"),
+                        "--catalog", os.path.join(system_dir, "catalog"), "--requests", path,
+                        "--batch", str(batch)], capture_output=True, text=True,
+                       env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
+    dt = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise RuntimeError("vitrine batch failed (%d): %s" % (p.returncode, p.stderr[-2000:]))
+    out = [json.loads(line) for line in p.stdout.splitlines()]
+    if len(out) != len(reqs):
+        raise RuntimeError("vitrine batch answered %d of %d requests" % (len(out), len(reqs)))
+    return out, dt
+
+
+def run_torch(system_dir, reqs, constrained):
+    """The PyTorch reference cascade on the system's own bundle and catalogue files."""
+    from .bundle import load_bundle, load_catalog
+    model, tables, manifest = load_bundle(os.path.join(system_dir, "bundle"))
+    catalog, _ = load_catalog(os.path.join(system_dir, "catalog"), tables, model.cfg,
+                              manifest["model_version"])
+    cascade = Cascade.from_manifest(model, tables, catalog, manifest)
+    t0 = time.perf_counter()
+    out = [cascade.recommend(r, constrained=constrained) for r in reqs]
+    return out, time.perf_counter() - t0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--shop", required=True, help="the test shop of train.beauty --shops")
+    ap.add_argument("--vitrine", default="build/vitrine")
+    ap.add_argument("--system", action="append", default=[], help="NAME=DIR (bundle, catalog, "
+                    "ranker.json)")
+    ap.add_argument("--torch", action="append", default=[], help="NAME: also run the PyTorch "
+                    "reference cascade of system NAME's bundle on --torch-limit users")
+    ap.add_argument("--torch-limit", type=int, default=1000)
+    ap.add_argument("--baselines", help="train.beauty's baselines.json")
+    ap.add_argument("--sasrec", help="train.sasrec's result JSON")
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    shop = shop_mod.load(a.shop)
+    scorer = Scorer(shop)
+    res = {"protocol": "leave-one-out test targets, full ranking over all %d items; a storefront "
+           "is ranked as its page ranking, then the rest by popularity (train/beauty_eval.py)"
+           % len(shop["products"]), "systems": {}, "reference": {}}
+    dirs = dict(s.split("=", 1) for s in a.system)
+    for name, d in dirs.items():
+        with open(os.path.join(d, "ranker.json")) as f:
+            tuned = json.load(f)
+        shape = tuned["storefront"]
+        reqs, targets = test_cases(shop, shape)
+        sfs, dt = run_c(a.vitrine, d, reqs)
+        m = scorer.score(sfs, targets, shape["ranking"])
+        m.update({"engine": "vitrine C (vitrine batch, 1 thread)", "storefront": shape,
+                  "ranker": tuned["ranker"], "valid_recall@10": tuned.get("valid_recall@10"),
+                  "valid_ndcg@10": tuned.get("valid_ndcg@10"),
+                  "requests_per_s": round(len(reqs) / dt, 1)})
+        res["systems"][name] = m
+        log("%s: %s" % (name, json.dumps(m)))
+    for name in a.torch:
+        d = dirs[name]
+        shape = res["systems"][name]["storefront"]
+        reqs, targets = test_cases(shop, shape)
+        reqs, targets = reqs[:a.torch_limit], targets[:a.torch_limit]
+        c_sfs, _ = run_c(a.vitrine, d, reqs)
+        entry = {}
+        for constrained in (True, False):
+            sfs, dt = run_torch(d, reqs, constrained)
+            m = scorer.score(sfs, targets, shape["ranking"])
+            m["ms_per_request"] = round(1000 * dt / max(1, len(reqs)), 2)
+            entry["constrained" if constrained else "unconstrained"] = m
+            if constrained:
+                same = sum(1 for x, y in zip(sfs, c_sfs)
+                           if [[p["id"] for p in s["products"]] for s in x["sections"]] ==
+                           [[p["id"] for p in s["products"]] for s in y["sections"]])
+                entry["same_products_as_c"] = same / max(1, len(reqs))
+        entry["c_engine_same_users"] = scorer.score(c_sfs, targets, shape["ranking"])
+        res["reference"][name] = entry
+        log("%s (PyTorch, %d users): %s" % (name, len(reqs), json.dumps(entry)))
+    if a.baselines:
+        with open(a.baselines) as f:
+            b = json.load(f)
+        res["baselines"] = {k: v["test"] for k, v in b["systems"].items()}
+        res["baseline_params"] = {k: v.get("params") for k, v in b["systems"].items()}
+        res["published"] = b["published"]
+    if a.sasrec and os.path.exists(a.sasrec):
+        with open(a.sasrec) as f:
+            s = json.load(f)
+        res.setdefault("baselines", {})["SASRec (ours)"] = s["test"]
+        res["baseline_params"]["SASRec (ours)"] = s.get("params")
+    with open(a.out, "w") as f:
+        json.dump(res, f, indent=1)
+    print_table(res)
+    return 0
+
+
+def print_table(res, f=sys.stdout):
+    print("| system (test, full ranking) | R@5 | N@5 | R@10 | N@10 | storefront hit | keyword "
+          "coverage |", file=f)
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |", file=f)
+    rows = [("%s (served, C engine)" % k, v) for k, v in res["systems"].items()]
+    rows += [(k, v) for k, v in res.get("baselines", {}).items()]
+    rows += [("%s (published)" % k, v) for k, v in res.get("published", {}).items()]
+    for name, m in rows:
+        print("| %s | %.4f | %.4f | %.4f | %.4f | %s | %s |" % (
+            name, m["recall@5"], m["ndcg@5"], m["recall@10"], m["ndcg@10"],
+            "%.4f" % m["storefront_hit"] if "storefront_hit" in m else "",
+            "%.4f" % m["keyword_coverage"] if "keyword_coverage" in m else ""), file=f)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
