@@ -7,7 +7,7 @@ REQUEST ?= train/demo_request.json
 MODEL_SRC := train/shop.py train/model.py train/data.py train/vocab.py train/calendar.py train/train.py
 
 .PHONY: all deps configure build demo test bundle golden eval parity bench-cpu check-asan \
-	check-valgrind clean
+	check-valgrind beauty-eval bench-serve clean
 
 all: build
 
@@ -67,6 +67,17 @@ parity: build golden
 
 bench-cpu: build bundle
 	bench/run_cpu.sh 1
+
+# the serving side-by-side: vitrine serve against the Python grpcio + PyTorch peer, both swept by
+# build/vitrine-bench (closed-loop concurrency and open-loop Poisson rates); bench/README.md
+bench-serve: build bundle
+	bench/run_serve.sh
+
+# real data (optional; skipped with the reason where the folder is absent): Amazon Beauty, the
+# leave-one-out protocol, the served student through the C engine against the baselines
+BEAUTY_DATA ?= ../shared/data/amazon-beauty
+beauty-eval: build
+	scripts/beauty.sh $(BEAUTY_DATA)
 
 # the C tests under AddressSanitizer + UndefinedBehaviorSanitizer (a separate build tree); any
 # sanitizer report in the log fails the target, as a report inside a Criterion worker may not.

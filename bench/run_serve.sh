@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# The serving side-by-side on one machine: `vitrine serve` against the peer (bench/peer_server.py,
+# the PyTorch reference cascade behind a Python grpcio server), both on the demo bundle, both
+# measured by the same build/vitrine-bench with the same request file: a closed-loop concurrency
+# sweep, then an open-loop Poisson sweep at fractions of the throughput each server reached in
+# closed loop. The servers run one after the other (the idle one would otherwise share the
+# cores), each stopped when its sweep is done (and on any exit, by the trap).
+#
+# Writes build/bench/serve/{vitrine,peer}/results.{json,csv} and the PNG plots in
+# build/bench/serve/, prints a closed-loop table and, last, for each system the best throughput
+# with p99 <= SLO_MS and the ratio. bench/README.md explains every column.
+#
+#   bench/run_serve.sh
+#   WARMUP=0.5 WINDOW=1 MAX_WINDOWS=3 CONC=1,4,16,64 RATES=0.5x,0.9x bench/run_serve.sh  # quick
+#
+# Environment (defaults): CONC (1,2,4,8,16,32,64,128,256), RATES (0.25x,0.5x,0.75x,0.9x,1x,1.1x;
+# Rx = R times the system's best closed-loop throughput), ARRIVALS (poisson), WARMUP (2 s),
+# WINDOW (2 s), MAX_WINDOWS (6), TOLERANCE (0.1), TIMEOUT_MS (10000, the per-call deadline),
+# SLO_MS (100), OUT (build/bench/serve), PEER_WORKERS (1), VITRINE_ARGS (extra `vitrine serve`
+# options, e.g. "--workers 2").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=/usr/bin/python3
+DEMO=build/demo
+OUT=${OUT:-build/bench/serve}
+CONC=${CONC:-1,2,4,8,16,32,64,128,256}
+RATES=${RATES:-0.25x,0.5x,0.75x,0.9x,1x,1.1x}
+ARRIVALS=${ARRIVALS:-poisson}
+WARMUP=${WARMUP:-2}
+WINDOW=${WINDOW:-2}
+MAX_WINDOWS=${MAX_WINDOWS:-6}
+TOLERANCE=${TOLERANCE:-0.1}
+TIMEOUT_MS=${TIMEOUT_MS:-10000}
+SLO_MS=${SLO_MS:-100}
+PEER_WORKERS=${PEER_WORKERS:-1}
+VITRINE_ARGS=${VITRINE_ARGS:-}
+
+make -s build >/dev/null
+[ -f "$DEMO/bundle/manifest.json" ] || make -s bundle
+[ -f "$DEMO/requests.jsonl" ] || $PY -m train.requests --shop "$DEMO/shop.json" \
+  --out "$DEMO/requests.jsonl" --n 512
+mkdir -p "$OUT/vitrine" "$OUT/peer"
+
+server_pid=""
+stop_server() {
+  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
+    kill -TERM "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+  fi
+  server_pid=""
+}
+trap stop_server EXIT
+trap 'stop_server; exit 130' INT TERM
+
+# start_server LOG PATTERN CMD...: starts CMD in the background with stderr to LOG, waits for the
+# line that gives its port (PATTERN's first group) and sets $port.
+start_server() {
+  local log=$1 pattern=$2
+  shift 2
+  "$@" 2>"$log" &
+  server_pid=$!
+  for _ in $(seq 1200); do
+    port=$(sed -nE "s/.*$pattern.*/\1/p" "$log" | head -1)
+    [ -n "$port" ] && return 0
+    kill -0 "$server_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "run_serve.sh: $* did not start; its log ($log):" >&2
+  cat "$log" >&2
+  exit 1
+}
+
+# bench LABEL: the sweep against 127.0.0.1:$port into $OUT/LABEL
+bench() {
+  echo
+  echo "== $1 =="
+  build/vitrine-bench --target "127.0.0.1:$port" --requests "$DEMO/requests.jsonl" \
+    --label "$1" --concurrency "$CONC" --rate "$RATES" --arrivals "$ARRIVALS" \
+    --warmup "$WARMUP" --window "$WINDOW" --max-windows "$MAX_WINDOWS" \
+    --tolerance "$TOLERANCE" --timeout-ms "$TIMEOUT_MS" --out "$OUT/$1"
+}
+
+# vitrine: defaults (1 engine worker, max batch 16), one BLAS thread: the client shares the cores
+# shellcheck disable=SC2086
+start_server "$OUT/vitrine/server.log" 'serving grpc_port=([0-9]+)' \
+  env OPENBLAS_NUM_THREADS=1 build/vitrine serve --bundle "$DEMO/bundle" --catalog "$DEMO/catalog" \
+  --listen 127.0.0.1:0 --metrics-listen off $VITRINE_ARGS
+bench vitrine
+stop_server
+
+# the peer: one compute slot, one torch thread (bench/peer_server.py)
+start_server "$OUT/peer/server.log" 'serving port=([0-9]+)' \
+  $PY bench/peer_server.py --bundle "$DEMO/bundle" --catalog "$DEMO/catalog" --port 0 \
+  --workers "$PEER_WORKERS"
+bench peer
+stop_server
+
+echo
+$PY bench/plot.py "$OUT/vitrine/results.json" "$OUT/peer/results.json" --out "$OUT" \
+  --slo-ms "$SLO_MS"
+
+$PY - "$OUT" "$SLO_MS" <<'PY'
+import json, os, sys
+out, slo = sys.argv[1], float(sys.argv[2])
+runs = {n: json.load(open(os.path.join(out, n, "results.json"))) for n in ("vitrine", "peer")}
+
+def clean(s):
+    """A step that answered everything it was sent, on schedule."""
+    g = s.get("generator", {})
+    return s["errors"] == 0 and not g.get("dropped") and not g.get("behind")
+
+closed = {n: {s["concurrency"]: s for s in r["steps"] if s["mode"] == "closed"}
+          for n, r in runs.items()}
+print("\nclosed loop (ok/s, p50 / p99 ms; * unstable, ! errors):\n")
+print("| in flight | vitrine ok/s | vitrine p50 / p99 | peer ok/s | peer p50 / p99 |")
+print("| ---: | ---: | ---: | ---: | ---: |")
+for c in sorted(set(closed["vitrine"]) | set(closed["peer"])):
+    cells = []
+    for n in ("vitrine", "peer"):
+        s = closed[n].get(c)
+        if s is None:
+            cells += ["-", "-"]
+            continue
+        mark = ("" if s["stable"] else "*") + ("" if clean(s) else "!")
+        cells += ["%.0f%s" % (s["ok_per_s"], mark),
+                  "%.1f / %.1f" % (s["latency_ms"]["p50"], s["latency_ms"]["p99"])]
+    print("| %d | %s |" % (c, " | ".join(cells)))
+
+best = {}
+for n, r in runs.items():
+    ok = [s for s in r["steps"] if clean(s) and s["latency_ms"]["n"] and
+          s["latency_ms"]["p99"] <= slo]
+    best[n] = max(ok, key=lambda s: s["ok_per_s"]) if ok else None
+print("\nbest throughput with p99 <= %g ms (no errors, drops or generator lag; * unstable):\n"
+      % slo)
+print("| system | ok/s | at step | p50 ms | p99 ms | batch compute p50 ms | mean batch |")
+print("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
+for n in ("vitrine", "peer"):
+    s = best[n]
+    if s is None:
+        print("| %s | none | | | | | |" % n)
+        continue
+    print("| %s | %.0f%s | %s %s | %.2f | %.2f | %.2f | %.2f |" % (
+        n, s["ok_per_s"], "" if s["stable"] else "*", s["mode"], s["step"],
+        s["latency_ms"]["p50"], s["latency_ms"]["p99"], s["server"]["compute_us"]["p50"] / 1000,
+        s["server"]["batch_size"]["mean"]))
+if best["vitrine"] and best["peer"]:
+    print("| vitrine / peer | %.1fx | | | | | |" %
+          (best["vitrine"]["ok_per_s"] / best["peer"]["ok_per_s"]))
+PY
