@@ -100,8 +100,22 @@ def tune(cascade, shop, catalog, limit=None, log=None, shapes=SHAPES, rankings=R
     """-> (ranker weights, storefront shape with its ranking, (recall, ndcg), head-only recall)."""
     best, head_only = None, None
     grid = grid or GRID
+    # shapes with the same keywords per section share one decoding with the most sections: the
+    # theme beam's width is max(THEME_BEAM, sections) and its early stop is exact, so the first s
+    # sections of a longer page are the page of s sections (products are chosen at scoring time)
+    decoded = {}
     for shape in shapes:
-        collected = collect(cascade, shop, catalog, shape, limit=limit)
+        key = shape["keywords"]
+        if key not in decoded:
+            most = max(s["sections"] for s in shapes if s["keywords"] == key)
+            if most > cascade.theme_beam and any(s["sections"] < most for s in shapes
+                                                 if s["keywords"] == key):
+                raise ValueError("page shapes with more sections than the theme beam (%d) "
+                                 "cannot share a decoding" % cascade.theme_beam)
+            decoded[key] = collect(cascade, shop, catalog, dict(shape, sections=most),
+                                   limit=limit)
+    for shape in shapes:
+        collected = [(secs[:shape["sections"]], t) for secs, t in decoded[shape["keywords"]]]
         for ranking in rankings:
             for wa, wc, wp in itertools.product(grid["again"], grid["cooc"], grid["popularity"]):
                 r = dict(cascade.ranker, again=wa, cooc=wc, popularity=wp)
