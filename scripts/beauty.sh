@@ -38,8 +38,9 @@ TRAIN="$PY -m train.train --shop $OUT/shop-valid.json --threads $THREADS --negat
   $TRAIN --out "$OUT/models-notime" --teacher-from "$OUT/models/teacher.pt" --no-time \
     2>"$OUT/train-notime.log"; }
 
-# 3. per system: ranker weights and page shape on 1,500 validation users, then the bundle
-SHAPES='[{"sections": 4, "keywords": 8, "products": 10}, {"sections": 6, "keywords": 8, "products": 10}, {"sections": 8, "keywords": 8, "products": 10}]'
+# 3. per system: ranker weights and page shape on 1,500 validation users, then the bundle. Pages
+#    of 16 keywords per section: what a keyword retrieves bounds everything (keyword coverage)
+SHAPES='[{"sections": 4, "keywords": 16, "products": 10}, {"sections": 8, "keywords": 16, "products": 10}]'
 DECAY=$($PY -c "import json; print(json.load(open('$OUT/baselines.json'))['systems']['cooccurrence']['params']['decay'])")
 system() {  # NAME CHECKPOINT
   local d="$OUT/systems/$1"

@@ -25,7 +25,7 @@ from .train import load_checkpoint
 GRID = {"again": (0.0, 0.5, 1.0, 2.0, 4.0, 8.0), "cooc": (0.0, 2.0, 4.0, 8.0, 16.0, 32.0),
         "popularity": (0.0, 0.25, 0.5, 1.0)}
 # a larger catalogue's co-occurrence weights are smaller (more related items share the mass)
-WIDE_GRID = {"again": (0.0, 1.0, 4.0), "cooc": (0.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0),
+WIDE_GRID = {"again": (0.0, 4.0), "cooc": (0.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0),
              "popularity": (0.0, 0.25, 0.5, 1.0, 2.0)}
 # page shapes tried (sections, keywords and products per section) and ways to rank a page
 SHAPES = ({"sections": 3, "keywords": 4, "products": 4}, {"sections": 2, "keywords": 4, "products": 5},
@@ -57,17 +57,22 @@ def candidate_arrays(cascade, cands, u):
 
 
 def fast_pick(arrs, shown, n, ranker):
-    """Cascade.pick on precomputed arrays (same float32 arithmetic): -> [(index, score)]."""
+    """Cascade.pick on precomputed arrays (same float32 arithmetic): -> [(index, score)].
+    shown: bool array over the catalogue, updated with the picked products."""
     idx, dot, ag, co, lp = arrs
-    keep = np.array([i not in shown for i in idx], dtype=bool)
+    keep = ~shown[idx]
     idx, dot, ag, co, lp = idx[keep], dot[keep], ag[keep], co[keep], lp[keep]
     wa, wc, wp = (np.float32(ranker[k]) for k in ("again", "cooc", "popularity"))
     s = dot + wa * ag
     s = s + wc * co
     s = s + wp * lp
+    if len(s) > n:  # only the candidates that can be among the best n (ties at the edge kept)
+        edge = np.partition(s, len(s) - n)[len(s) - n]
+        near = s >= edge
+        idx, s = idx[near], s[near]
     order = np.lexsort((idx, -s))[:n]
     picked = [(int(idx[o]), float(s[o])) for o in order]
-    shown.update(p for p, _ in picked)
+    shown[[p for p, _ in picked]] = True
     return picked
 
 
@@ -81,10 +86,11 @@ def page_ranking(sections, mode):
     return [s[r]["index"] for r in range(n) for s in sections if r < len(s)]
 
 
-def score(collected, ranker, n_products, ranking, k=10):
+def score(collected, ranker, n_products, ranking, n_catalog, k=10):
     hits, ndcg = 0, 0.0
+    shown = np.zeros(n_catalog, dtype=bool)
     for sections, target in collected:
-        shown = set()
+        shown[:] = False
         page = [[{"index": i, "score": sc} for i, sc in fast_pick(a, shown, n_products, ranker)]
                 for a in sections]
         ranked = page_ranking(page, ranking)[:k]
@@ -119,7 +125,7 @@ def tune(cascade, shop, catalog, limit=None, log=None, shapes=SHAPES, rankings=R
         for ranking in rankings:
             for wa, wc, wp in itertools.product(grid["again"], grid["cooc"], grid["popularity"]):
                 r = dict(cascade.ranker, again=wa, cooc=wc, popularity=wp)
-                rec, nd = score(collected, r, shape["products"], ranking)
+                rec, nd = score(collected, r, shape["products"], ranking, len(catalog.ids))
                 if shape is shapes[0] and ranking == rankings[0] and (wa, wc, wp) == (0, 0, 0):
                     head_only = rec
                 if best is None or (rec, nd) > best[0]:

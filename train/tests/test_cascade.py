@@ -213,7 +213,7 @@ def test_tuning_reranker_matches_the_cascade(tiny_world):
         u, sections = got[0]
         ranker = dict(c.ranker, again=float(rng.uniform(0, 5)), cooc=float(rng.uniform(0, 40)),
                       popularity=float(rng.uniform(0, 2)))
-        shown_a, shown_b = set(), set()
+        shown_a, shown_b = set(), np.zeros(len(catalog.ids), dtype=bool)
         for cands in sections:
             a = [(p["index"], p["score"]) for p in c.pick(cands, shown_a, 5, u, ranker)]
             b = fast_pick(candidate_arrays(c, cands, u), shown_b, 5, ranker)
