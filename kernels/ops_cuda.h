@@ -54,6 +54,11 @@ void vt_cuda_free(void *p);
 int vt_cuda_memcpy_h2d(void *dst, const void *src, size_t bytes);
 int vt_cuda_memcpy_d2h(void *dst, const void *src, size_t bytes);
 
+/* A copy of `bytes` bytes from device to device, enqueued on `stream` (NULL: the default stream)
+ * and asynchronous like the ops (a device copy needs no host wait); the regions must not overlap.
+ * 0, VT_CUDA_EINVAL (a NULL pointer) or VT_CUDA_EDEVICE; 0 bytes is a no-op. */
+int vt_cuda_memcpy_d2d(void *dst, const void *src, size_t bytes, void *stream);
+
 /* Waits for everything enqueued on `stream` (NULL: the default stream); 0 or VT_CUDA_EDEVICE
  * (an asynchronous kernel error surfaces here). */
 int vt_cuda_sync(void *stream);

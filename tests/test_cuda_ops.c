@@ -44,6 +44,7 @@
   X(cuda_beam, ties_and_degenerate, 1)                                                          \
   X(cuda_retrieval, scores, 1)                                                                  \
   X(cuda_retrieval, topk, 1)                                                                    \
+  X(cuda_runtime, memcpy_d2d, 1)                                                                \
   X(cuda_args, invalid_arguments_are_errors, 0)
 
 #ifndef VITRINE_HAVE_CUDA
@@ -775,6 +776,27 @@ static void cuda_retrieval_topk(void) {
   }
 }
 
+/* ---- runtime helpers ---------------------------------------------------------------------- */
+
+static void cuda_runtime_memcpy_d2d(void) {
+  rng_seed(114);
+  static const size_t sizes[] = {1, 4, 1000, 1 << 20}; // bytes, from 3 bytes into the source
+  for (int cs = 0; cs < (int)(sizeof sizes / sizeof sizes[0]); cs++) {
+    const size_t bytes = sizes[cs];
+    unsigned char *h = xmalloc(bytes + 3), *got = xmalloc(bytes);
+    for (size_t i = 0; i < bytes + 3; i++) {
+      h[i] = (unsigned char)rng_u32();
+    }
+    unsigned char *src = d_in(h, bytes + 3);
+    unsigned char *dst = d_guarded(NULL, bytes, 0);
+    CK(vt_cuda_memcpy_d2d(dst, src + 3, bytes, NULL)); // an unaligned source
+    d_get(got, dst, bytes, "memcpy_d2d");
+    cr_assert(memcmp(got, h + 3, bytes) == 0, "memcpy_d2d, case %d: the bytes differ", cs);
+    free(h), free(got);
+    dev_free_all();
+  }
+}
+
 /* ---- argument checks (no device needed: they fail before any CUDA call) ------------------- */
 
 static void cuda_args_invalid_arguments_are_errors(void) {
@@ -799,9 +821,11 @@ static void cuda_args_invalid_arguments_are_errors(void) {
                VT_CUDA_EINVAL);
   cr_assert_eq(vt_topk_cuda(i4, f, f, i4, -1, 3, i4, NULL), VT_CUDA_EINVAL);
   cr_assert_eq(vt_retrieval_scores_cuda(f, f, f, NULL, 3, 4, NULL), VT_CUDA_EINVAL);
+  cr_assert_eq(vt_cuda_memcpy_d2d(NULL, f, 4, NULL), VT_CUDA_EINVAL);
   // empty work is fine and touches nothing
   cr_assert_eq(vt_layernorm_cuda(NULL, NULL, NULL, NULL, 0, 4, NULL), 0);
   cr_assert_eq(vt_topk_cuda(NULL, NULL, NULL, NULL, 0, 3, NULL, NULL), 0);
+  cr_assert_eq(vt_cuda_memcpy_d2d(NULL, NULL, 0, NULL), 0);
   cr_assert_geq(vt_cuda_device_count(), 0);
 }
 

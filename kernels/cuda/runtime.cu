@@ -86,6 +86,22 @@ extern "C" int vt_cuda_memcpy_d2h(void *dst, const void *src, size_t bytes) {
   return copy(dst, src, bytes, cudaMemcpyDeviceToHost, "vt_cuda_memcpy_d2h");
 }
 
+extern "C" int vt_cuda_memcpy_d2d(void *dst, const void *src, size_t bytes, void *stream) {
+  if (bytes == 0) {
+    return 0;
+  }
+  if (dst == NULL || src == NULL) {
+    return vt__cuda_fail(VT_CUDA_EINVAL, "vt_cuda_memcpy_d2d: NULL pointer");
+  }
+  cudaError_t e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, vt__stream(stream));
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return vt__cuda_fail(VT_CUDA_EDEVICE, "vt_cuda_memcpy_d2d(%zu bytes): %s (%s)", bytes,
+                         cudaGetErrorString(e), cudaGetErrorName(e));
+  }
+  return 0;
+}
+
 extern "C" int vt_cuda_sync(void *stream) {
   cudaError_t e = cudaStreamSynchronize(vt__stream(stream));
   if (e != cudaSuccess) {

@@ -2,12 +2,16 @@
 # The CUDA backend on a GPU machine, in one command: configure build-gpu with VITRINE_CUDA=ON,
 # build the kernel tests (everything with VT_GPU_ALL=1), run them through ctest (the CUDA ops
 # against the CPU reference, and the CPU kernels themselves), then print one line per CUDA
-# test: op, status (PASS, FAIL, SKIP with its reason, or CRASH).
-#   tests/gpu/run.sh            kernel tests only (no Python or fixture needed)
+# test: op, status (PASS, FAIL, SKIP with its reason, or CRASH). Then build and run the kernel
+# benchmark (bench/bench_cuda_kernels.c: every op at the model's shapes against the card's copy
+# bandwidth and SGEMM rate), which prints its table last and writes $BUILD/bench_cuda_kernels.json.
+#   tests/gpu/run.sh            kernel tests only (no Python or fixture needed), then the benchmark
 #   VT_GPU_ALL=1 tests/gpu/run.sh   every ctest test (needs the Python reference with torch)
+#   VT_GPU_BENCH=0 tests/gpu/run.sh   the tests without the benchmark
 #   BUILD=dir tests/gpu/run.sh  another build directory
-# Exits non-zero if the build or any test fails; a SKIP in the table on a GPU machine means the
-# device was not usable (its reason is printed) and also exits non-zero.
+# Exits non-zero if the build, any test or the benchmark fails; a SKIP in the table on a GPU
+# machine means the device was not usable (its reason is printed) and also exits non-zero, as
+# does the benchmark (--require-gpu).
 set -u
 cd "$(dirname "$0")/../.." || exit 1
 BUILD=${BUILD:-build-gpu}
@@ -47,4 +51,15 @@ awk '
   }' "$log"
 table_rc=$?
 
-[ "$ctest_rc" -eq 0 ] && [ "$table_rc" -eq 0 ]
+bench_rc=0
+if [ "${VT_GPU_BENCH:-1}" != 0 ]; then
+  echo
+  if cmake --build "$BUILD" -j"$(nproc)" --target bench_cuda_kernels; then
+    "$BUILD/bench_cuda_kernels" --require-gpu --json "$BUILD/bench_cuda_kernels.json"
+    bench_rc=$?
+  else
+    bench_rc=1
+  fi
+fi
+
+[ "$ctest_rc" -eq 0 ] && [ "$table_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]
