@@ -38,7 +38,7 @@ TRAIN="$PY -m train.train --shop $OUT/shop-valid.json --threads $THREADS --negat
   $TRAIN --out "$OUT/models-notime" --teacher-from "$OUT/models/teacher.pt" --no-time \
     2>"$OUT/train-notime.log"; }
 
-# 3. per system: ranker weights and page shape on 1,500 validation users, then the bundle. Pages
+# 3. per system: ranker weights and page shape on 2,000 validation users (a seeded random sample), then the bundle. Pages
 #    of 16 keywords per section: what a keyword retrieves bounds everything (keyword coverage)
 SHAPES='[{"sections": 4, "keywords": 16, "products": 10}, {"sections": 8, "keywords": 16, "products": 10}]'
 DECAY=$($PY -c "import json; print(json.load(open('$OUT/baselines.json'))['systems']['cooccurrence']['params']['decay'])")
@@ -48,7 +48,7 @@ system() {  # NAME CHECKPOINT
   if [ ! -f "$d/ranker.json" ]; then
     log "$1: tuning the ranker"
     $PY -m train.tune --checkpoint "$2" --shop "$OUT/shop-valid.json" --out "$d/ranker.json" \
-      --limit 1500 --shapes "$SHAPES" --rankings score --decay "$DECAY" --wide-grid \
+      --limit 2000 --shapes "$SHAPES" --rankings score --decay "$DECAY" --wide-grid \
       --threads "$THREADS" 2>"$d/tune.log"
   fi
   if [ ! -f "$d/bundle/manifest.json" ]; then

@@ -25,8 +25,9 @@ from .train import load_checkpoint
 GRID = {"again": (0.0, 0.5, 1.0, 2.0, 4.0, 8.0), "cooc": (0.0, 2.0, 4.0, 8.0, 16.0, 32.0),
         "popularity": (0.0, 0.25, 0.5, 1.0)}
 # a larger catalogue's co-occurrence weights are smaller (more related items share the mass)
-WIDE_GRID = {"again": (0.0, 4.0), "cooc": (0.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0),
-             "popularity": (0.0, 0.25, 0.5, 1.0, 2.0)}
+WIDE_GRID = {"again": (0.0, 4.0),
+             "cooc": (0.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0),
+             "popularity": (0.0, 0.05, 0.25, 0.5, 1.0)}
 # page shapes tried (sections, keywords and products per section) and ways to rank a page
 SHAPES = ({"sections": 3, "keywords": 4, "products": 4}, {"sections": 2, "keywords": 4, "products": 5},
           {"sections": 2, "keywords": 6, "products": 5}, {"sections": 4, "keywords": 4, "products": 3})
@@ -34,9 +35,11 @@ RANKINGS = ("round-robin", "score")
 
 
 def collect(cascade, shop, catalog, storefront, split="valid", limit=None):
-    """Decodes each shopper once: -> [(per-section candidate arrays, target product)]."""
+    """Decodes each shopper once: -> [(per-section candidate arrays, target product)]. With a
+    limit, a seeded random sample of that many shoppers (file order can be biased: the first
+    Beauty users are much harder than the average)."""
     out = []
-    for s in [x for x in shop["shoppers"] if x["split"] == split][:limit]:
+    for s in sample_shoppers(shop, split, limit):
         hist, now, last = shop_mod.holdout(s)
         req = make_request(hist, now, shop["regions"][s["region"]]["name"], catalog,
                            storefront["sections"], storefront["keywords"], storefront["products"])
@@ -45,6 +48,14 @@ def collect(cascade, shop, catalog, storefront, split="valid", limit=None):
         u, sections = got[0]
         out.append(([candidate_arrays(cascade, c, u) for c in sections], last["purchase"]))
     return out
+
+
+def sample_shoppers(shop, split, limit, seed=0):
+    users = [x for x in shop["shoppers"] if x["split"] == split]
+    if limit is None or limit >= len(users):
+        return users
+    keep = np.random.default_rng(seed).choice(len(users), size=limit, replace=False)
+    return [users[i] for i in sorted(keep)]
 
 
 def candidate_arrays(cascade, cands, u):
@@ -162,8 +173,7 @@ def main(argv=None):
         cascade, shop, catalog, a.limit, log, shapes, tuple(a.rankings.split(",")),
         WIDE_GRID if a.wide_grid else GRID)
     result = {"ranker": ranker, "storefront": storefront,
-              "valid_shoppers": len([s for s in shop["shoppers"] if s["split"] == "valid"]
-                                    [:a.limit]),
+              "valid_shoppers": len(sample_shoppers(shop, "valid", a.limit)),
               "valid_recall@10": rec, "valid_ndcg@10": nd,
               "valid_recall@10_retrieval_head_only": head_only}
     with open(a.out, "w") as f:

@@ -4,7 +4,7 @@ import torch
 
 from train.data import collate_train, valid_children_mask
 from train.model import time_bucket
-from train.train import evaluate_loss, train_model
+from train.train import evaluate_loss, sample_negatives, train_model, without_time
 from train.vocab import BOS, EOS, SEP
 
 
@@ -29,6 +29,24 @@ def test_distillation_pulls_student_towards_teacher(tiny_world):
     losses = train_model(student, examples, tables, codes, epochs=2, batch=32, seed=2,
                          teacher=teacher, alpha=0.0)  # distillation loss only
     assert losses[-1] < losses[0]
+
+
+def test_no_time_ablation_keeps_time_at_zero_and_full_softmax_negatives(tiny_world):
+    """--no-time: training moves every other weight but the time projection and the time-bucket
+    biases stay exactly zero, so the model ignores when things happened; --negatives >= products
+    ranks the positive against every product (its own column masked)."""
+    shop, tables, catalog, model, examples = tiny_world
+    model = copy.deepcopy(model)
+    without_time(model)
+    codes = torch.from_numpy(catalog.codes)
+    before = copy.deepcopy(model.state_dict())
+    train_model(model, examples, tables, codes, epochs=1, batch=32, seed=0,
+                negatives=len(catalog.ids))
+    assert torch.count_nonzero(model.time_proj.weight) == 0
+    assert all(torch.count_nonzero(layer.time_bias) == 0 for layer in model.enc)
+    assert not torch.equal(before["time_proj.bias"], model.time_proj.bias.detach())
+    assert torch.equal(sample_negatives(7, 7, torch.Generator()), torch.arange(7))
+    assert len(sample_negatives(7, 3, torch.Generator().manual_seed(0))) == 3
 
 
 def test_valid_children_follow_the_tries(tiny_world):
