@@ -26,6 +26,7 @@ word by word without the trie; hallucination rate = generated keywords that are 
 keywords).
 """
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -123,11 +124,24 @@ def test_cases(shop, shape):
 
 
 def run_c(vitrine, system_dir, reqs, batch=64):
-    """The C engine on every request (`vitrine batch`): -> (storefronts, seconds)."""
+    """The C engine on every request (`vitrine batch`): -> (storefronts, seconds). The answers are
+    kept in the system's folder with the digest of the requests and the bundle/catalogue they came
+    from, and reused while those are unchanged (re-running the evaluation is then cheap)."""
     path = os.path.join(system_dir, "test-requests.jsonl")
+    text = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in reqs)
     with open(path, "w") as f:
-        for r in reqs:
-            f.write(json.dumps(r, separators=(",", ":")) + "\n")
+        f.write(text)
+    key = {"requests_sha256": hashlib.sha256(text.encode()).hexdigest()}
+    for part in ("bundle", "catalog"):
+        with open(os.path.join(system_dir, part, "manifest.json"), "rb") as f:
+            key[part + "_manifest_sha256"] = hashlib.sha256(f.read()).hexdigest()
+    cache, meta = (os.path.join(system_dir, "test-storefronts" + x) for x in (".jsonl", ".json"))
+    if os.path.exists(cache) and os.path.exists(meta):
+        with open(meta) as f:
+            m = json.load(f)
+        if m.get("key") == key:
+            with open(cache) as f:
+                return [json.loads(line) for line in f], m["seconds"]
     t0 = time.perf_counter()
     p = subprocess.run([vitrine, "batch", "--bundle", os.path.join(system_dir, "bundle"),
                         "--catalog", os.path.join(system_dir, "catalog"), "--requests", path,
@@ -139,6 +153,10 @@ def run_c(vitrine, system_dir, reqs, batch=64):
     out = [json.loads(line) for line in p.stdout.splitlines()]
     if len(out) != len(reqs):
         raise RuntimeError("vitrine batch answered %d of %d requests" % (len(out), len(reqs)))
+    with open(cache, "w") as f:
+        f.write(p.stdout)
+    with open(meta, "w") as f:
+        json.dump({"key": key, "seconds": dt}, f)
     return out, dt
 
 
@@ -165,6 +183,8 @@ def main(argv=None):
     ap.add_argument("--torch-limit", type=int, default=1000)
     ap.add_argument("--baselines", help="train.beauty's baselines.json")
     ap.add_argument("--sasrec", help="train.sasrec's result JSON")
+    ap.add_argument("--users", type=int, help="only the first N test users (a quick check; the "
+                    "protocol is every user)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -180,6 +200,7 @@ def main(argv=None):
             tuned = json.load(f)
         shape = tuned["storefront"]
         reqs, targets = test_cases(shop, shape)
+        reqs, targets = reqs[:a.users], targets[:a.users]
         sfs, dt = run_c(a.vitrine, d, reqs)
         m = scorer.score(sfs, targets, shape["ranking"])
         m.update({"engine": "vitrine C (vitrine batch, 1 thread)", "storefront": shape,
