@@ -4,7 +4,7 @@ engine (`vitrine batch`), beside the baselines of train.beauty and train.sasrec.
     /usr/bin/python3 -m train.beauty_eval --shop build/beauty/shop.json --vitrine build/vitrine \\
         --system student=build/beauty/systems/student --system teacher=... \\
         --baselines build/beauty/baselines.json [--sasrec build/beauty/sasrec.json] \\
-        --torch student --torch-limit 1000 \\
+        --torch student --torch-limit 300 \\
         --out build/beauty/results.json
 
 A system directory holds bundle/, catalog/ and ranker.json (train.tune's choice of page shape and
@@ -161,15 +161,31 @@ def run_c(vitrine, system_dir, reqs, batch=64):
 
 
 def run_torch(system_dir, reqs, constrained):
-    """The PyTorch reference cascade on the system's own bundle and catalogue files."""
+    """The PyTorch reference cascade on the system's own bundle and catalogue files: ->
+    (storefronts, seconds), kept and reused like run_c's answers."""
     from .bundle import load_bundle, load_catalog
+    text = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in reqs)
+    key = {"requests_sha256": hashlib.sha256(text.encode()).hexdigest(), "constrained": constrained}
+    for part in ("bundle", "catalog"):
+        with open(os.path.join(system_dir, part, "manifest.json"), "rb") as f:
+            key[part + "_manifest_sha256"] = hashlib.sha256(f.read()).hexdigest()
+    cache = os.path.join(system_dir, "torch-%s.json" % ("constrained" if constrained
+                                                        else "unconstrained"))
+    if os.path.exists(cache):
+        with open(cache) as f:
+            c = json.load(f)
+        if c.get("key") == key:
+            return c["storefronts"], c["seconds"]
     model, tables, manifest = load_bundle(os.path.join(system_dir, "bundle"))
     catalog, _ = load_catalog(os.path.join(system_dir, "catalog"), tables, model.cfg,
                               manifest["model_version"])
     cascade = Cascade.from_manifest(model, tables, catalog, manifest)
     t0 = time.perf_counter()
     out = [cascade.recommend(r, constrained=constrained) for r in reqs]
-    return out, time.perf_counter() - t0
+    dt = time.perf_counter() - t0
+    with open(cache, "w") as f:
+        json.dump({"key": key, "seconds": dt, "storefronts": out}, f)
+    return out, dt
 
 
 def main(argv=None):
@@ -180,7 +196,7 @@ def main(argv=None):
                     "ranker.json)")
     ap.add_argument("--torch", action="append", default=[], help="NAME: also run the PyTorch "
                     "reference cascade of system NAME's bundle on --torch-limit users")
-    ap.add_argument("--torch-limit", type=int, default=1000)
+    ap.add_argument("--torch-limit", type=int, default=300)
     ap.add_argument("--baselines", help="train.beauty's baselines.json")
     ap.add_argument("--sasrec", help="train.sasrec's result JSON")
     ap.add_argument("--users", type=int, help="only the first N test users (a quick check; the "
