@@ -37,6 +37,11 @@ class SASRec(nn.Module):
         self.ln = nn.LayerNorm(d)
         self.drop = nn.Dropout(dropout)
         self.maxlen = maxlen
+        # N(0, 1/d) item vectors: the scaled input is ~unit per coordinate and the tied output's
+        # first logits are ~unit too (PyTorch's N(0, 1) default starts the loss near 30)
+        nn.init.normal_(self.item.weight, std=d ** -0.5)
+        with torch.no_grad():
+            self.item.weight[0].zero_()
 
     def forward(self, seq):
         """seq (B, T) item ids + 1, right-padded with 0 -> hidden (B, T, d). Causal attention
