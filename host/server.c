@@ -22,6 +22,8 @@
 #include "grpc/health/v1/health.pb-c.h"
 #include "vitrine/v1/storefront.pb-c.h"
 
+#include "pbwire.h"
+
 #define MAX_ID_BYTES 256 /* shopper, product ids and region */
 #define CONTAINER(p, T, m) ((T *)(void *)((char *)(p) - offsetof(T, m)))
 
@@ -305,61 +307,18 @@ static grpc_slice payload_slice(call *k) {
 /* Counts field-1 (events) and field-8 (exclude) entries of a RecommendRequest without decoding
  * it; -1 when the bytes are not protobuf wire format. */
 static int prescan(const uint8_t *p, size_t n, long *events, long *exclude) {
-  size_t i = 0;
+  size_t i = 0, len;
+  uint64_t field;
+  const uint8_t *data;
+  int rc;
   *events = *exclude = 0;
-  while (i < n) {
-    uint64_t key = 0, v = 0;
-    for (int sh = 0;; sh += 7) {
-      if (i >= n || sh > 63)
-        return -1;
-      key |= (uint64_t)(p[i] & 0x7f) << sh;
-      if (!(p[i++] & 0x80))
-        break;
-    }
-    uint64_t field = key >> 3;
-    int wt = (int)(key & 7);
-    if (field == 0)
-      return -1;
-    switch (wt) {
-    case 0:
-      for (int sh = 0;; sh += 7) {
-        if (i >= n || sh > 63)
-          return -1;
-        if (!(p[i++] & 0x80))
-          break;
-      }
-      break;
-    case 1:
-      if (n - i < 8)
-        return -1;
-      i += 8;
-      break;
-    case 5:
-      if (n - i < 4)
-        return -1;
-      i += 4;
-      break;
-    case 2:
-      for (int sh = 0;; sh += 7) {
-        if (i >= n || sh > 63)
-          return -1;
-        v |= (uint64_t)(p[i] & 0x7f) << sh;
-        if (!(p[i++] & 0x80))
-          break;
-      }
-      if (v > n - i)
-        return -1;
-      i += (size_t)v;
-      if (field == 1)
-        (*events)++;
-      else if (field == 8)
-        (*exclude)++;
-      break;
-    default:
-      return -1;
-    }
+  while ((rc = vt_pb_next_field(p, n, &i, &field, &data, &len)) == 1) {
+    if (data && field == 1)
+      (*events)++;
+    else if (data && field == 8)
+      (*exclude)++;
   }
-  return 0;
+  return rc;
 }
 
 static const char *const ACTION_NAMES[] = {NULL, "view", "search", "cart", "purchase"};

@@ -24,6 +24,8 @@
 #include "stats.h"
 #include "vitrine/v1/storefront.pb-c.h"
 
+#include "host/pbwire.h"
+
 static const char *const STATUS_NAMES[VB_N_STATUS] = {
     "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
     "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
@@ -344,61 +346,21 @@ static void issue(step_ctx *x, int64_t intended) {
 /* Reads Timing (field 3 of RecommendResponse) out of an answer without decoding the rest.
  * 0, or -1 when the answer has no Timing or is not protobuf. */
 static int answer_timing(const uint8_t *p, size_t n, vb_record *r) {
-  size_t i = 0;
-  while (i < n) {
-    uint64_t key = 0, v = 0;
-    for (int sh = 0;; sh += 7) {
-      if (i >= n || sh > 63)
-        return -1;
-      key |= (uint64_t)(p[i] & 0x7f) << sh;
-      if (!(p[i++] & 0x80))
-        break;
-    }
-    switch (key & 7) {
-    case 0: /* varint */
-      for (int sh = 0;; sh += 7) {
-        if (i >= n || sh > 63)
-          return -1;
-        if (!(p[i++] & 0x80))
-          break;
-      }
-      break;
-    case 1:
-      if (n - i < 8)
-        return -1;
-      i += 8;
-      break;
-    case 5:
-      if (n - i < 4)
-        return -1;
-      i += 4;
-      break;
-    case 2: /* length-delimited */
-      for (int sh = 0;; sh += 7) {
-        if (i >= n || sh > 63)
-          return -1;
-        v |= (uint64_t)(p[i] & 0x7f) << sh;
-        if (!(p[i++] & 0x80))
-          break;
-      }
-      if (v > n - i)
-        return -1;
-      if (key >> 3 == 3) {
-        Vitrine__V1__Timing *t = vitrine__v1__timing__unpack(NULL, (size_t)v, p + i);
-        if (!t)
-          return -1;
-        r->queue_us = t->queue_us;
-        r->compute_us = t->compute_us;
-        r->total_us = t->total_us;
-        r->batch = t->batch_size;
-        vitrine__v1__timing__free_unpacked(t, NULL);
-        return 0;
-      }
-      i += (size_t)v;
-      break;
-    default:
+  size_t i = 0, len;
+  uint64_t field;
+  const uint8_t *data;
+  while (vt_pb_next_field(p, n, &i, &field, &data, &len) == 1) {
+    if (field != 3 || !data)
+      continue;
+    Vitrine__V1__Timing *t = vitrine__v1__timing__unpack(NULL, len, data);
+    if (!t)
       return -1;
-    }
+    r->queue_us = t->queue_us;
+    r->compute_us = t->compute_us;
+    r->total_us = t->total_us;
+    r->batch = t->batch_size;
+    vitrine__v1__timing__free_unpacked(t, NULL);
+    return 0;
   }
   return -1;
 }
