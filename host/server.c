@@ -269,6 +269,12 @@ static void reply(call *k, int code, const char *msg, grpc_byte_buffer *resp) {
   k->send_ops[n].data.send_status_from_server.trailing_metadata_count = 0;
   k->send_ops[n].data.send_status_from_server.status = (grpc_status_code)code;
   k->send_ops[n++].data.send_status_from_server.status_details = &k->details;
+  /* answered: out of the in-flight gauge before the code is counted, so a scrape that sees the
+   * code never still counts the call in flight */
+  if (k->counted_inflight) {
+    k->counted_inflight = 0;
+    vt_metrics_inflight_add(k->srv->m, -1);
+  }
   vt_metrics_request(k->srv->m, k->method, code);
   grpc_call_error e = grpc_call_start_batch(k->c, k->send_ops, (size_t)n, &k->send_tag, NULL);
   if (e != GRPC_CALL_OK) {

@@ -2,13 +2,14 @@
 # Installs the Debian 12 packages vitrine needs, only those missing (apt-get update first).
 set -euo pipefail
 PKGS=(
-  cmake make gcc pkg-config          # build
+  cmake make gcc g++ pkg-config      # build (g++: the CUDA emulator of the tests)
   python3-torch python3-numpy        # the reference model and training (Debian's /usr/bin/python3)
   python3-pytest                     # the reference model's tests
   libcjson-dev libopenblas-dev libssl-dev libcriterion-dev  # the C engine: manifest JSON, GEMM, sha256, tests
   valgrind                           # leak checks
   libgrpc-dev libprotobuf-c-dev protobuf-c-compiler libmicrohttpd-dev grpc-proto  # vitrine serve
   protobuf-compiler python3-grpcio python3-protobuf python3-prometheus-client  # server tests, demo
+  python3-matplotlib                 # bench/plot.py (its test is in make test)
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -49,7 +49,7 @@ struct att_args {
 
 template <int MODE>
 static __global__ void attention_kernel(att_args a) {
-  extern __shared__ float smem[];
+  VT_DYNAMIC_SHARED(float, smem);
   const int C = a.C, NH = a.NH, HS = a.HS;
   float *qs = smem;              // (C,) the query row
   float *acc = qs + C;           // (C,) the running weighted sum of values
@@ -211,7 +211,7 @@ extern "C" int vt_attention_cuda(float *out, const float *qkv, const int64_t *ts
   a.bias = bias;
   a.qoff = a.kvoff = off;
   dim3 grid(B, ATT_BLOCKS_PER_SEQ);
-  attention_kernel<ATT_SELF><<<grid, ATT_THREADS, att_shmem(C, NH), vt__stream(stream)>>>(a);
+  VT_LAUNCH(attention_kernel<ATT_SELF>, grid, ATT_THREADS, att_shmem(C, NH), vt__stream(stream))(a);
   return vt__cuda_check_launch(what);
 }
 
@@ -242,7 +242,7 @@ extern "C" int vt_cross_attention_cuda(float *out, const float *q, const float *
   a.qoff = qoff;
   a.kvoff = kvoff;
   dim3 grid(B, ATT_BLOCKS_PER_SEQ);
-  attention_kernel<ATT_CROSS><<<grid, ATT_THREADS, att_shmem(C, NH), vt__stream(stream)>>>(a);
+  VT_LAUNCH(attention_kernel<ATT_CROSS>, grid, ATT_THREADS, att_shmem(C, NH), vt__stream(stream))(a);
   return vt__cuda_check_launch(what);
 }
 
@@ -274,6 +274,6 @@ extern "C" int vt_decoder_attention_cuda(float *out, const float *q, const float
   a.slot = slot;
   a.T = T;
   a.maxT = maxT;
-  attention_kernel<ATT_DEC><<<nrows, ATT_THREADS, att_shmem(C, NH), vt__stream(stream)>>>(a);
+  VT_LAUNCH(attention_kernel<ATT_DEC>, nrows, ATT_THREADS, att_shmem(C, NH), vt__stream(stream))(a);
   return vt__cuda_check_launch(what);
 }

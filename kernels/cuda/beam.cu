@@ -169,18 +169,18 @@ extern "C" int vt_beam_step_cuda(int32_t *out_parent, int32_t *out_token, int32_
   }
   int32_t *offs = (int32_t *)scratch; // (nbeams+1,)
   float *cand = scratch + nbeams + 1; // (total,)
-  beam_offsets_kernel<<<1, BEAM_SCAN_THREADS, 0, s>>>(offs, node, indptr, nbeams);
+  VT_LAUNCH(beam_offsets_kernel, 1, BEAM_SCAN_THREADS, 0, s)(offs, node, indptr, nbeams);
   int rc = vt__cuda_check_launch("vt_beam_step_cuda (offsets)");
   if (rc != 0) {
     return rc;
   }
-  beam_logits_kernel<<<nbeams, BEAM_LOGIT_THREADS, 0, s>>>(cand, offs, h, node, score, tok_emb,
+  VT_LAUNCH(beam_logits_kernel, nbeams, BEAM_LOGIT_THREADS, 0, s)(cand, offs, h, node, score, tok_emb,
                                                            indptr, token, C);
   rc = vt__cuda_check_launch("vt_beam_step_cuda (logits)");
   if (rc != 0) {
     return rc;
   }
-  beam_select_kernel<<<1, BEAM_SELECT_THREADS, 0, s>>>(out_parent, out_token, out_node, out_score,
+  VT_LAUNCH(beam_select_kernel, 1, BEAM_SELECT_THREADS, 0, s)(out_parent, out_token, out_node, out_score,
                                                        out_phrase, out_count, cand, offs, node,
                                                        indptr, token, child, phrase, nbeams,
                                                        width);

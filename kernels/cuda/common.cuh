@@ -14,6 +14,18 @@
 #define CEIL_DIV(a, b) (((a) + (b) - 1) / (b))
 #define WARP 32
 
+/* Launches and dynamic shared memory are written through two macros so that the same sources also
+ * build with the host C++ compiler against the CUDA emulator of the tests (tests/cuda_emu/, which
+ * defines VT_CUDA_EMU and its own versions of both; docs/CUDA.md):
+ *   VT_LAUNCH(kernel, grid, block, shmem_bytes, stream)(args...)   kernel<<<...>>>(args...)
+ *   VT_DYNAMIC_SHARED(type, name);                                 extern __shared__ type name[]
+ * Everything else a kernel uses (__syncthreads, __shfl_xor_sync, threadIdx, static __shared__)
+ * is spelled as CUDA spells it. */
+#ifndef VT_CUDA_EMU
+#define VT_LAUNCH(kernel, grid, block, shmem, stream) kernel<<<grid, block, shmem, stream>>>
+#define VT_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#endif
+
 /* Records a printf-style message as this thread's last error and returns code. */
 int vt__cuda_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

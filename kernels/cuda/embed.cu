@@ -28,7 +28,7 @@ static __global__ void event_embed_kernel(float *out, const int32_t *codes, cons
                                           const float *t2v_b, const float *time_w,
                                           const float *time_b, const float *ln_w,
                                           const float *ln_b, int C, int L, int MQ, int P) {
-  extern __shared__ float smem[];
+  VT_DYNAMIC_SHARED(float, smem);
   __shared__ float red[WARP];
   const int TF = P + VT_N_CAL;
   const int n = blockIdx.x;
@@ -135,7 +135,7 @@ extern "C" int vt_event_embed_cuda(float *out, const int32_t *codes, const int32
   }
   int threads = CEIL_DIV(C, WARP) * WARP;
   threads = threads < EMBED_THREADS ? threads : EMBED_THREADS;
-  event_embed_kernel<<<N, threads, shmem, vt__stream(stream)>>>(
+  VT_LAUNCH(event_embed_kernel, N, threads, shmem, vt__stream(stream))(
       out, codes, action, qtok, x, cal, region, tables, action_emb, region_emb, tok_emb, t2v_w,
       t2v_b, time_w, time_b, ln_w, ln_b, C, L, MQ, P);
   return vt__cuda_check_launch(what);

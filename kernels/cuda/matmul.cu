@@ -110,7 +110,7 @@ extern "C" int vt_matmul_cuda(float *out, const float *inp, const float *W, cons
   if (blocks > 0x7fffffffu) {
     return vt__cuda_fail(VT_CUDA_EINVAL, "%s: N * OUT = %zu is too large", what, total);
   }
-  bias_act_kernel<<<(unsigned)blocks, EPILOGUE_THREADS, 0, s>>>(out, b, N, OUT,
+  VT_LAUNCH(bias_act_kernel, (unsigned)blocks, EPILOGUE_THREADS, 0, s)(out, b, N, OUT,
                                                                 act == VT_ACT_GELU);
   return vt__cuda_check_launch(what);
 }

@@ -103,7 +103,7 @@ extern "C" int vt_layernorm_cuda(float *out, const float *inp, const float *w, c
   if (!out || !inp || !w || !b) {
     return vt__cuda_fail(VT_CUDA_EINVAL, "vt_layernorm_cuda: NULL pointer");
   }
-  layernorm_kernel<<<N, row_threads(C), 0, vt__stream(stream)>>>(out, inp, w, b, C);
+  VT_LAUNCH(layernorm_kernel, N, row_threads(C), 0, vt__stream(stream))(out, inp, w, b, C);
   return vt__cuda_check_launch("vt_layernorm_cuda");
 }
 
@@ -117,7 +117,7 @@ extern "C" int vt_residual_layernorm_cuda(float *resid, float *out, const float 
   if (!resid || !out || !add || !w || !b) {
     return vt__cuda_fail(VT_CUDA_EINVAL, "vt_residual_layernorm_cuda: NULL pointer");
   }
-  residual_layernorm_kernel<<<N, row_threads(C), 0, vt__stream(stream)>>>(resid, out, add, w, b,
+  VT_LAUNCH(residual_layernorm_kernel, N, row_threads(C), 0, vt__stream(stream))(resid, out, add, w, b,
                                                                           C);
   return vt__cuda_check_launch("vt_residual_layernorm_cuda");
 }
@@ -131,7 +131,7 @@ extern "C" int vt_rmsnorm_cuda(float *out, const float *inp, const float *w, int
   if (!out || !inp || !w) {
     return vt__cuda_fail(VT_CUDA_EINVAL, "vt_rmsnorm_cuda: NULL pointer");
   }
-  rmsnorm_kernel<<<N, row_threads(C), 0, vt__stream(stream)>>>(out, inp, w, C);
+  VT_LAUNCH(rmsnorm_kernel, N, row_threads(C), 0, vt__stream(stream))(out, inp, w, C);
   return vt__cuda_check_launch("vt_rmsnorm_cuda");
 }
 
@@ -146,6 +146,6 @@ extern "C" int vt_add_cuda(float *resid, const float *add, int n, void *stream) 
     return vt__cuda_fail(VT_CUDA_EINVAL, "vt_add_cuda: NULL pointer");
   }
   const int threads = 256;
-  add_kernel<<<CEIL_DIV(n, threads), threads, 0, vt__stream(stream)>>>(resid, add, n);
+  VT_LAUNCH(add_kernel, CEIL_DIV(n, threads), threads, 0, vt__stream(stream))(resid, add, n);
   return vt__cuda_check_launch("vt_add_cuda");
 }

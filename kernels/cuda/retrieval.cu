@@ -106,7 +106,7 @@ extern "C" int vt_retrieval_scores_cuda(float *out, const float *u, const float 
     return vt__cuda_fail(VT_CUDA_EINVAL, "%s: NULL pointer", what);
   }
   const int per_block = SCORE_THREADS / WARP;
-  retrieval_scores_kernel<<<CEIL_DIV(n, per_block), SCORE_THREADS, 0, vt__stream(stream)>>>(
+  VT_LAUNCH(retrieval_scores_kernel, CEIL_DIV(n, per_block), SCORE_THREADS, 0, vt__stream(stream))(
       out, u, emb, idx, n, R);
   return vt__cuda_check_launch(what);
 }
@@ -133,15 +133,15 @@ extern "C" int vt_topk_cuda(int32_t *out_id, float *out_score, const float *scor
     const int nblocks = CEIL_DIV(n, TOPK_CHUNK);
     const int last = n - (nblocks - 1) * TOPK_CHUNK;
     const int m = (nblocks - 1) * kk + (kk < last ? kk : last); // <= n
-    topk_chunk_kernel<<<nblocks, TOPK_THREADS, 0, s>>>(scratch, score, id, n, kk);
+    VT_LAUNCH(topk_chunk_kernel, nblocks, TOPK_THREADS, 0, s)(scratch, score, id, n, kk);
     int rc = vt__cuda_check_launch("vt_topk_cuda (chunks)");
     if (rc != 0) {
       return rc;
     }
-    topk_select_kernel<<<1, TOPK_FINAL_THREADS, 0, s>>>(out_id, out_score, score, id, scratch, m,
+    VT_LAUNCH(topk_select_kernel, 1, TOPK_FINAL_THREADS, 0, s)(out_id, out_score, score, id, scratch, m,
                                                         kk);
   } else {
-    topk_select_kernel<<<1, TOPK_FINAL_THREADS, 0, s>>>(out_id, out_score, score, id, NULL, n,
+    VT_LAUNCH(topk_select_kernel, 1, TOPK_FINAL_THREADS, 0, s)(out_id, out_score, score, id, NULL, n,
                                                         kk);
   }
   int rc = vt__cuda_check_launch(what);
