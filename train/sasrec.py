@@ -33,7 +33,8 @@ class SASRec(nn.Module):
         self.pos = nn.Embedding(maxlen, d)
         layer = nn.TransformerEncoderLayer(d, heads, 4 * d, dropout, batch_first=True,
                                            norm_first=True, activation="gelu")
-        self.enc = nn.TransformerEncoder(layer, blocks)
+        # nested tensors need norm_first=False: say so, or torch >= 2.1 warns on every model
+        self.enc = nn.TransformerEncoder(layer, blocks, enable_nested_tensor=False)
         self.ln = nn.LayerNorm(d)
         self.drop = nn.Dropout(dropout)
         self.maxlen = maxlen

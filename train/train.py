@@ -162,7 +162,12 @@ def save_checkpoint(path, model, extra):
 
 
 def load_checkpoint(path):
-    ck = torch.load(path)
+    # A checkpoint is this project's own file: plain Python values (the config and "extra" dicts
+    # of ints, floats, bools, strings) beside the tensors. torch >= 2.6 defaults to
+    # weights_only=True, and torch 1.13's weights-only unpickler cannot read a Python float, so
+    # the one setting that reads these files the same way on both is an explicit
+    # weights_only=False (torch's behaviour before 2.6). Load only checkpoints you trust.
+    ck = torch.load(path, weights_only=False)
     model = Model(Config(**ck["config"]))
     model.load_state_dict(ck["state"])
     model.eval()

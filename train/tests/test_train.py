@@ -84,3 +84,19 @@ def test_incremental_decode_equals_teacher_forcing(tiny_world):
             h, cache = model.decode_step(seq[pos:pos + 1], pos, cache, xkv)
             step = h @ model.tok_emb.weight.t()
             assert torch.allclose(step[0], full[pos], atol=1e-5, rtol=1e-5)
+
+
+def test_checkpoint_round_trip(tiny_world, tmp_path):
+    """save_checkpoint/load_checkpoint keep the weights, the config and the report (plain Python
+    values, as train.main writes them); torch.load must not refuse them (weights_only)."""
+    from train.train import load_checkpoint, save_checkpoint
+    shop, tables, catalog, model, examples = tiny_world
+    extra = {"params": 123, "train_seconds": 1.5, "distilled": True, "time": False,
+             "negatives": 128, "val_loss": {"dec": 2.25, "dec_full": 3.5, "ret": 4.0}}
+    path = str(tmp_path / "student.pt")
+    save_checkpoint(path, model, extra)
+    loaded, got = load_checkpoint(path)
+    assert got == extra
+    assert loaded.cfg == model.cfg and not loaded.training
+    s1, s2 = model.state_dict(), loaded.state_dict()
+    assert set(s1) == set(s2) and all(torch.equal(s1[k], s2[k]) for k in s1)
