@@ -24,6 +24,10 @@ Beam search, deterministic by construction (the C engine follows it to the bit):
   have finished and the best live score is below the n_best-th finished score (log-probabilities
   are <= 0, so no live beam can overtake: exact).
 - Finished hypotheses are ranked by descending score, then ascending phrase id.
+
+Device: the cascade runs where the model's parameters are (CPU or CUDA). Every tensor it makes
+is created on that device (`device=self.device`); the tries, business rules and re-ranking stay
+host-side Python/numpy, and the few values read back go through `.cpu()` / `.tolist()` / float().
 """
 import math
 
@@ -50,14 +54,16 @@ class Cascade:
     def __init__(self, model, tables, catalog, ranker=None, theme_beam=THEME_BEAM,
                  keyword_beam=KEYWORD_BEAM):
         self.model, self.tables, self.catalog = model, tables, catalog
+        self.device = model.tok_emb.weight.device
         self.ranker = dict(DEFAULT_RANKER, **(ranker or {}))
         self.log_pop = [np.float32(math.log1p(x)) for x in catalog.popularity]
         self.theme_beam, self.keyword_beam = theme_beam, keyword_beam
         if catalog.embeddings is None:
             with torch.no_grad():
-                catalog.embeddings = model.product_vectors(
-                    torch.from_numpy(catalog.codes)).numpy().astype(np.float32)
-        self.emb = torch.from_numpy(np.ascontiguousarray(catalog.embeddings, dtype=np.float32))
+                codes = torch.as_tensor(catalog.codes, device=self.device)
+                catalog.embeddings = model.product_vectors(codes).cpu().numpy().astype(np.float32)
+        self.emb = torch.as_tensor(np.ascontiguousarray(catalog.embeddings, dtype=np.float32),
+                                   device=self.device)
         words = [i for i in range(len(tables.vocab)) if i not in (PAD, BOS, SEP, EOS, UNK)]
         self.free_words = words
 
@@ -81,14 +87,15 @@ class Cascade:
     @torch.no_grad()
     def beam_search(self, xkv, prefix, trie, terminator, width, n_best, trace=None):
         """-> list of (score, phrase id or tokens tuple, tokens) best first."""
-        m = self.model
+        m, dev = self.model, self.device
         cache, h = None, None
         for pos, tok in enumerate(prefix):  # run the prefix, one beam
-            h, cache = m.decode_step(torch.tensor([tok]), pos, cache, xkv)
+            h, cache = m.decode_step(torch.tensor([tok], device=dev), pos, cache, xkv)
         if trace is not None:
             trace.append(("first_logits", (h @ m.tok_emb.weight.t())[0]))
         pos = len(prefix)
-        beams = [(torch.tensor(0.0), 0, ())]  # score, trie node (or word count), tokens
+        # score, trie node (or word count), tokens
+        beams = [(torch.tensor(0.0, device=dev), 0, ())]
         finished = []
         emb = m.tok_emb.weight
         while beams:
@@ -116,9 +123,9 @@ class Cascade:
                     live = []
             if not live:
                 break
-            parents = torch.tensor([x[0] for x in live])
+            parents = torch.tensor([x[0] for x in live], device=dev)
             cache = [(k.index_select(0, parents), v.index_select(0, parents)) for k, v in cache]
-            h, cache = m.decode_step(torch.tensor([x[1] for x in live]), pos, cache,
+            h, cache = m.decode_step(torch.tensor([x[1] for x in live], device=dev), pos, cache,
                                      self._expand(xkv, len(live)))
             beams = [(x[3], x[2], x[4]) for x in live]
             pos += 1
@@ -140,7 +147,7 @@ class Cascade:
         t, cat, m = self.tables, self.catalog, self.model
         events, dropped = validate_request(req, t, m.cfg)
         f = featurize_one(events, req["now"], req["region"], t, cat, m.cfg)
-        mem = m.encode(collate([f]), trace)
+        mem = m.encode(collate([f], self.device), trace)
         return self._decode(req, events, dropped, mem, trace, constrained, collect)
 
     @torch.no_grad()
@@ -151,7 +158,7 @@ class Cascade:
         checked = [validate_request(r, t, m.cfg) for r in reqs]
         feats = [featurize_one(ev, r["now"], r["region"], t, cat, m.cfg)
                  for r, (ev, _) in zip(reqs, checked)]
-        mem = m.encode(collate(feats))
+        mem = m.encode(collate(feats, self.device))
         return [self._decode(r, ev, dropped, mem[i:i + 1])
                 for i, (r, (ev, dropped)) in enumerate(zip(reqs, checked))]
 
@@ -231,7 +238,7 @@ class Cascade:
         r = ranker or self.ranker
         if not cands:
             return []
-        dots = (self.emb[[c[0] for c in cands]] @ u).numpy()
+        dots = (self.emb[[c[0] for c in cands]] @ u).cpu().numpy()
         wa, wc, wp = (np.float32(r[k]) for k in ("again", "cooc", "popularity"))
         scored = []
         for (p, kw, ag, co), dot in zip(cands, dots):

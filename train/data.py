@@ -277,8 +277,8 @@ def featurize_one(events, now, region, tables, catalog, cfg):
             "region": tables.region_index[region], "length": n}
 
 
-def collate(feats):
-    """List of featurize_one dicts -> padded batch of tensors."""
+def collate(feats, device=None):
+    """List of featurize_one dicts -> padded batch of tensors (on `device`; None: the CPU)."""
     b, n = len(feats), max(f["length"] for f in feats)
     out = {}
     for key in ("codes", "action", "query", "ts", "x", "cal"):
@@ -291,9 +291,9 @@ def collate(feats):
                 arr[i, :] = f["ts"][0]
         for i, f in enumerate(feats):
             arr[i, :f["length"]] = f[key]
-        out[key] = torch.from_numpy(arr)
-    out["region"] = torch.tensor([f["region"] for f in feats], dtype=torch.int64)
-    out["length"] = torch.tensor([f["length"] for f in feats], dtype=torch.int64)
+        out[key] = torch.as_tensor(arr, device=device)
+    out["region"] = torch.tensor([f["region"] for f in feats], dtype=torch.int64, device=device)
+    out["length"] = torch.tensor([f["length"] for f in feats], dtype=torch.int64, device=device)
     return out
 
 

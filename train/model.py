@@ -220,7 +220,7 @@ class Model(nn.Module):
         if trace is not None:
             trace.append(("event_emb", x))
         n = x.shape[1]
-        valid = torch.arange(n).unsqueeze(0) < b["length"].unsqueeze(1)  # (B, N)
+        valid = torch.arange(n, device=x.device).unsqueeze(0) < b["length"].unsqueeze(1)  # (B, N)
         mask = valid[:, None, None, :]
         buckets = time_bucket(b["ts"].unsqueeze(2) - b["ts"].unsqueeze(1))  # (B, N, N)
         for i, layer in enumerate(self.enc):
@@ -248,8 +248,9 @@ class Model(nn.Module):
     def decode_train(self, mem, tokens):
         """Teacher forcing: tokens (B, T) -> logits (B, T, V)."""
         bsz, t = tokens.shape
-        y = self.tok_emb(tokens) + self.pos_emb(torch.arange(t)).unsqueeze(0)
-        causal = torch.tril(torch.ones(t, t, dtype=torch.bool))[None, None]
+        dev = tokens.device
+        y = self.tok_emb(tokens) + self.pos_emb(torch.arange(t, device=dev)).unsqueeze(0)
+        causal = torch.tril(torch.ones(t, t, dtype=torch.bool, device=dev))[None, None]
         for layer in self.dec:
             h = layer.ln1(y)
             q, k, v = layer.self_attn.qkv(h).chunk(3, dim=-1)

@@ -61,7 +61,7 @@ def sample_shoppers(shop, split, limit, seed=0):
 def candidate_arrays(cascade, cands, u):
     """A section's candidates as float32 arrays: index, u.e_p, again, cooc, log1p(popularity)."""
     idx = np.array([c[0] for c in cands], dtype=np.int64)
-    dots = (cascade.emb[idx] @ u).numpy() if len(idx) else np.zeros(0, np.float32)
+    dots = (cascade.emb[idx] @ u).cpu().numpy() if len(idx) else np.zeros(0, np.float32)
     return (idx, dots.astype(np.float32), np.array([c[2] for c in cands], dtype=np.float32),
             np.array([c[3] for c in cands], dtype=np.float32),
             np.array([cascade.log_pop[i] for i in idx], dtype=np.float32))
