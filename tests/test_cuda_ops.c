@@ -10,22 +10,38 @@
  * (Beam-step logits are sums in a different order on the device, so a random near-tie, two
  * candidates within float noise but not equal, may resolve either way: check_beam accepts that
  * swap, logs it, and nothing else; exact ties must resolve exactly.)
- * Every device output is allocated with GUARD sentinel bytes behind it and prefilled (NaN for
- * floats, 0x7B7B7B7B for ints), copied back whole and checked: an element the kernel forgets
- * fails the comparison, a write past the end fails the guard.
+ * Every device output is allocated with GUARD sentinel bytes behind it and prefilled (0xFF
+ * bytes for floats, 0x7B7B7B7B for ints), copied back whole and checked: an element the kernel
+ * forgets fails the comparison (a float still holding the fill's bits fails even where the CPU
+ * gives a NaN: no NaN a kernel computes has those bits, see check_close), a write past the end
+ * fails the guard.
  * Without CUDA in the build every test skips with the reason; built with CUDA but on a machine
  * without a device, every test that needs one skips with the runtime's reason. The argument
  * checks need no device (they fail before any CUDA call) and run whenever CUDA is built in.
+ *
+ * Under the CUDA emulator (VT_CUDA_EMU: test_cuda_ops_emu, docs/CUDA.md) every device test runs
+ * in the three thread orders the emulator has (forward, reverse, shuffle), so a kernel whose
+ * result depends on the order of its threads between barriers fails; and one more test drops
+ * each barrier of kernels/cuda/attention.cu in turn and checks that the emulator catches it.
+ * The top-k test's cases run one order each (rotating), and its 16 heaviest shapes (at least 511
+ * picks over at least 2048 scores: each pick is a block-wide reduction, ~32 fiber switches per
+ * thread on one CPU core) in one of the four score patterns each (none of them in an ASan
+ * build), to keep the run under half a minute; VT_EMU_FULL=1 runs every case in every order.
  */
 #include <criterion/criterion.h>
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "kernels/ops.h"
 #include "kernels/ops_cuda.h"
+
+#ifdef VT_CUDA_EMU
+#include "vt_emu.h"
+#endif
 
 #define NO_CUDA_REASON "built without CUDA (VITRINE_CUDA=OFF or no nvcc)"
 
@@ -63,6 +79,39 @@ static void need_device(void) {
   }
 }
 
+#if defined(__SANITIZE_ADDRESS__)
+#define SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SANITIZED 1
+#endif
+#endif
+#ifndef SANITIZED
+#define SANITIZED 0
+#endif
+
+/* The passes of a device test: one on a GPU; three under the emulator, one per thread order. */
+#ifdef VT_CUDA_EMU
+#define PASSES 3
+static const int emu_orders[PASSES] = {VT_EMU_FORWARD, VT_EMU_REVERSE, VT_EMU_SHUFFLE};
+
+static int emu_full(void) {
+  const char *s = getenv("VT_EMU_FULL");
+  return s != NULL && *s != '\0' && strcmp(s, "0") != 0;
+}
+#else
+#define PASSES 1
+#endif
+
+static int pass_no; /* the running pass */
+
+static void start_pass(int pass) {
+  pass_no = pass;
+#ifdef VT_CUDA_EMU
+  vt_emu_set_order(emu_orders[pass], 1);
+#endif
+}
+
 static uint64_t rng_state;
 
 static void rng_seed(uint64_t s) { rng_state = s * 0x9E3779B97F4A7C15ull + 1; }
@@ -98,11 +147,20 @@ static float *rand_floats(size_t n, float lo, float hi) {
 #define GUARD 64
 #define GUARD_BYTE 0xA5
 #define FILL_FLOAT 0xFF /* 0xFFFFFFFF is a NaN: an unwritten float output cannot compare close */
+#define FILL_BITS 0xFFFFFFFFu
 #define FILL_INT 0x7B   /* 0x7B7B7B7B: no plausible id, parent, token or phrase */
+
+/* Soft mode (the emulator's dropped-barrier test): a mismatch or an error is counted in
+ * soft_failures instead of failing the test. */
+static int soft_mode, soft_failures;
 
 #define CK(call)                                                                                \
   do {                                                                                          \
     int rc_ = (call);                                                                           \
+    if (rc_ < 0 && soft_mode) {                                                                 \
+      soft_failures++;                                                                          \
+      break;                                                                                    \
+    }                                                                                           \
     cr_assert(rc_ >= 0, "%s returned %d: %s", #call, rc_, vt_cuda_last_error());                \
   } while (0)
 
@@ -164,16 +222,30 @@ static void d_get(void *h, const void *d, size_t bytes, const char *what) {
   free(t);
 }
 
-/* |got - want| <= tol * (1 + |want|) (want may carry its own scale through tol) */
+static uint32_t float_bits(float f) {
+  uint32_t u;
+  memcpy(&u, &f, sizeof u);
+  return u;
+}
+
+/* |got - want| <= tol * (1 + |want|) (want may carry its own scale through tol). A NaN matches a
+ * NaN (NaN beam scores), but never the fill: no NaN a kernel computes has the bits 0xFFFFFFFF
+ * (x86 makes 0xFFC00000 and the GPU 0x7FFFFFFF for an invalid operation, the inputs' NaNs are
+ * 0x7FC00000, and x86 only passes on the bits of a NaN it is given), so those bits mean the
+ * element was never written (or was computed from memory never written). */
 static void check_close(const float *got, const float *want, size_t n, double tol,
                         const char *what, int cs) {
   for (size_t i = 0; i < n; i++) {
     const double g = got[i], w = want[i];
-    if (isnan(g) && isnan(w)) {
-      continue; // a NaN where the CPU gives one (NaN beam scores)
+    const int ok = float_bits(got[i]) != FILL_BITS &&
+                   ((isnan(g) && isnan(w)) || fabs(g - w) <= tol * (1.0 + fabs(w)));
+    if (!ok && soft_mode) {
+      soft_failures++;
+      return;
     }
-    cr_assert(fabs(g - w) <= tol * (1.0 + fabs(w)), "%s, case %d, [%zu]: got %.9g, want %.9g",
-              what, cs, i, g, w);
+    cr_assert(float_bits(got[i]) != FILL_BITS, "%s, case %d, [%zu]: never written (still the "
+              "0xFF fill), want %.9g", what, cs, i, w);
+    cr_assert(ok, "%s, case %d, [%zu]: got %.9g, want %.9g", what, cs, i, g, w);
   }
 }
 
@@ -396,7 +468,8 @@ static void cuda_attention_self_ragged_time_bias(void) {
   static const self_case cases[] = {
       {36, 3, 1, {1}},          {36, 3, 4, {1, 5, 33, 70}}, {64, 1, 3, {64, 0, 17}},
       {64, 8, 2, {40, 3}},      {40, 10, 2, {31, 9}},       {128, 2, 1, {129}},
-      {36, 36, 2, {2, 65}},     {12, 3, 6, {1, 1, 2, 3, 5, 8}}};
+      {36, 36, 2, {2, 65}},     {12, 3, 6, {1, 1, 2, 3, 5, 8}},
+      {12, 3, 1, {300}}}; // more rows than blocks per group: a block takes several rows
   for (int cs = 0; cs < (int)(sizeof cases / sizeof cases[0]); cs++) {
     const self_case *k = &cases[cs];
     const int C = k->C, NH = k->NH, B = k->B;
@@ -438,7 +511,8 @@ static void cuda_attention_cross_groups(void) {
   static const cross_case cases[] = {{36, 3, 1, {1}, {1}},
                                      {36, 3, 4, {4, 0, 3, 2}, {7, 5, 0, 70}},
                                      {64, 4, 2, {33, 1}, {1, 40}},
-                                     {48, 12, 3, {16, 16, 16}, {129, 2, 31}}};
+                                     {48, 12, 3, {16, 16, 16}, {129, 2, 31}},
+                                     {12, 3, 2, {300, 2}, {40, 3}}}; // several rows a block
   for (int cs = 0; cs < (int)(sizeof cases / sizeof cases[0]); cs++) {
     const cross_case *k = &cases[cs];
     const int C = k->C, NH = k->NH, B = k->B;
@@ -723,7 +797,8 @@ static void check_topk(const float *score, const int32_t *id, int n, int k, int 
   d_get(gsc, dsc, (size_t)kn * 4, "topk out_score");
   d_get(gscr, dscr, (size_t)n * 4, "topk scratch");
   for (int i = 0; i < want_n; i++) {
-    const int same_score = memcmp(&gsc[i], &wsc[i], 4) == 0 || (isnan(gsc[i]) && isnan(wsc[i]));
+    const int same_score = float_bits(gsc[i]) != FILL_BITS &&
+                           (memcmp(&gsc[i], &wsc[i], 4) == 0 || (isnan(gsc[i]) && isnan(wsc[i])));
     cr_assert(gid[i] == wid[i] && same_score,
               "topk, case %d (n %d, k %d), rank %d: (id %d, %.9g), want (id %d, %.9g)", cs, n, k,
               i, gid[i], gsc[i], wid[i], wsc[i]);
@@ -735,15 +810,35 @@ static void check_topk(const float *score, const int32_t *id, int n, int k, int 
   dev_free_all();
 }
 
+/* Whether top-k case cs (n scores, k, the score pattern `mode`; shape (in, ik) of the table)
+ * runs in this pass: always on a GPU or with VT_EMU_FULL=1; under the emulator in one pass, and
+ * a heavy shape (at least 511 picks over at least 2048 scores) in one pattern. */
+static int topk_runs(int cs, int n, int k, int in, int ik, int mode) {
+#ifdef VT_CUDA_EMU
+  if (emu_full()) {
+    return 1;
+  }
+  if ((k < n ? k : n) >= 511 && n >= 2048 &&
+      (mode != (in * 9 + ik) % 4 || SANITIZED)) { // under ASan, 5x slower: none of them
+    return 0;
+  }
+  return cs % PASSES == pass_no;
+#else
+  (void)cs, (void)n, (void)k, (void)in, (void)ik, (void)mode;
+  return 1;
+#endif
+}
+
 static void cuda_retrieval_topk(void) {
   rng_seed(113);
+  int ran = 0;
   static const int ns[] = {1, 5, 100, 2048, 2049, 10000, 60000};
   static const int ks[] = {1, 3, 10, 100, 511, 513, 600, -1 /* n */, -2 /* n + 5 */};
   int cs = 0;
   for (int in = 0; in < (int)(sizeof ns / sizeof ns[0]); in++) {
     const int n = ns[in];
-    float *score = xmalloc((size_t)n * 4);
-    int32_t *id = xmalloc((size_t)n * 4);
+    float *score = xmalloc((size_t)n * 4 + 4); // check_topk uploads n + 1 elements
+    int32_t *id = xmalloc((size_t)n * 4 + 4);
     for (int mode = 0; mode < 4; mode++) {
       for (int i = 0; i < n; i++) {
         switch (mode) {
@@ -769,11 +864,16 @@ static void cuda_retrieval_topk(void) {
         if (k > 2100 && n > 2100) {
           continue; // k passes over n pairs: keep the test fast
         }
-        check_topk(score, id, n, k, cs++);
+        if (topk_runs(cs, n, k, in, ik, mode)) {
+          check_topk(score, id, n, k, cs);
+          ran++;
+        }
+        cs++;
       }
     }
     free(score), free(id);
   }
+  cr_log_info("topk: %d of the %d cases ran in this pass", ran, cs);
 }
 
 /* ---- runtime helpers ---------------------------------------------------------------------- */
@@ -836,9 +936,84 @@ static void cuda_args_invalid_arguments_are_errors(void) {
     if (device) {                                                                               \
       need_device();                                                                            \
     }                                                                                           \
-    suite##_##name();                                                                           \
-    dev_free_all();                                                                             \
+    for (int pass = 0; pass < (device ? PASSES : 1); pass++) {                                  \
+      start_pass(pass);                                                                         \
+      suite##_##name();                                                                         \
+      dev_free_all();                                                                           \
+    }                                                                                           \
   }
 CUDA_TESTS(DEVICE_TEST)
+
+#ifdef VT_CUDA_EMU
+
+/* The three attentions in soft mode: how many outputs or calls went wrong. */
+static int attention_failures(void) {
+  soft_mode = 1;
+  soft_failures = 0;
+  cuda_attention_self_ragged_time_bias();
+  cuda_attention_cross_groups();
+  cuda_attention_decoder_slots();
+  soft_mode = 0;
+  dev_free_all();
+  return soft_failures;
+}
+
+/* Each __syncthreads() of kernels/cuda/attention.cu (the sites are found by running the
+ * attentions once), made a no-op in turn, must make some output wrong in some order or make the
+ * emulator report an error: otherwise either the barrier is not needed or the cases cannot tell.
+ * One exception, logged as a warning when it applies: the kernel's first barrier (the lowest
+ * line), which ends a row's set-up (qs, acc, mh, lh). It is not needed: with keys, the tile
+ * loop's first barrier comes before any thread reads what another thread set up; with no keys
+ * (an empty cross group) the only such read is lh in the output loop, whose value cannot matter
+ * since it multiplies acc = 0 (written by the same thread). No input can show its absence. */
+Test(cuda_emu, every_attention_barrier_matters) {
+  vt_emu_clear_barrier_sites();
+  start_pass(0);
+  cuda_attention_self_ragged_time_bias();
+  cuda_attention_cross_groups();
+  cuda_attention_decoder_slots();
+  dev_free_all();
+  char sites[128][128];
+  const int n = vt_emu_barrier_sites(sites, 128);
+  int found = 0, missed = 0, first_line = 0;
+  char missed_list[512] = "";
+  for (int i = 0; i < n && i < 128; i++) {
+    const char *at = strstr(sites[i], "kernels/cuda/attention.cu:");
+    const int line = at != NULL ? atoi(at + strlen("kernels/cuda/attention.cu:")) : 0;
+    if (line > 0 && (first_line == 0 || line < first_line)) {
+      first_line = line;
+    }
+  }
+  for (int i = 0; i < n && i < 128; i++) {
+    const char *at = strstr(sites[i], "kernels/cuda/attention.cu:");
+    if (at == NULL) {
+      continue;
+    }
+    found++;
+    const int line = atoi(at + strlen("kernels/cuda/attention.cu:"));
+    vt_emu_drop_barrier("kernels/cuda/attention.cu", line);
+    int wrong_orders = 0;
+    for (int pass = 0; pass < PASSES; pass++) {
+      start_pass(pass);
+      wrong_orders += attention_failures() > 0;
+      vt_emu_reset(); // a sticky error a dropped barrier caused
+    }
+    vt_emu_drop_barrier(NULL, 0);
+    cr_log_info("without the barrier at %s the attentions go wrong in %d of %d orders", sites[i],
+                wrong_orders, PASSES);
+    if (wrong_orders == 0 && line == first_line) {
+      cr_log_warn("the barrier at %s (the end of a row's set-up) is not needed: see this test's "
+                  "comment", sites[i]);
+    } else if (wrong_orders == 0) {
+      missed++;
+      snprintf(missed_list + strlen(missed_list), sizeof missed_list - strlen(missed_list),
+               " %.100s", sites[i]);
+    }
+  }
+  cr_assert_gt(found, 0, "no barrier of kernels/cuda/attention.cu was hit");
+  cr_assert_eq(missed, 0, "barriers whose removal no case notices:%s", missed_list);
+}
+
+#endif
 
 #endif
