@@ -390,6 +390,27 @@ Test(emu_memory, write_past_the_end_is_reported) {
   expect_sticky(cudaErrorIllegalAddress);
 }
 
+#if !defined(__SANITIZE_ADDRESS__) // under ASan the freed memory is poisoned: ASan reports it
+Test(emu_memory, write_after_free_is_reported) {
+  float *d = dalloc(64 * 4);
+  CU(cudaFree(d));
+  CU(st_fill(d, 64, 1.0f, NULL)); // kernels do not check their pointers
+  cudaError_t e = cudaSuccess;
+  for (int i = 0; i < 5000 && e == cudaSuccess; i++) { // push it out of the quarantine (4096)
+    void *p = NULL;
+    e = cudaMalloc(&p, 16);
+    if (e == cudaSuccess) {
+      e = cudaFree(p);
+    }
+  }
+  cr_assert_eq(e, cudaErrorIllegalAddress, "%s", cudaGetErrorName(e));
+  cr_assert(strstr(vt_emu_last_diagnostic(), "256-byte allocation of device 0") != NULL &&
+                strstr(vt_emu_last_diagnostic(), "written after cudaFree") != NULL,
+            "%s", vt_emu_last_diagnostic());
+  expect_sticky(cudaErrorIllegalAddress);
+}
+#endif
+
 Test(emu_memory, fresh_memory_is_poisoned) {
   unsigned char *d = dalloc(1000), h[1000];
   CU(cudaMemcpy(h, d, 1000, cudaMemcpyDeviceToHost));
@@ -836,6 +857,16 @@ Test(emu_order, set_and_get) {
   vt_emu_set_order(VT_EMU_SHUFFLE, 42);
   cr_assert_eq(vt_emu_get_order(&seed), VT_EMU_SHUFFLE);
   cr_assert_eq(seed, 42);
+}
+
+Test(emu_order, from_the_environment) {
+  // read on first use: this test's process has not used the emulator yet
+  setenv("VT_EMU_ORDER", "shuffle:99", 1);
+  setenv("VT_EMU_DROP_BARRIER", "tests/cuda_emu/no_such_file.cu:12,selftest_kernels.cu:1", 1);
+  uint64_t seed = 0;
+  cr_assert_eq(vt_emu_get_order(&seed), VT_EMU_SHUFFLE);
+  cr_assert_eq(seed, 99);
+  cr_assert(reduce_ok(2, 256, 0, 0), "no barrier of the reduction was named");
 }
 
 Test(emu_perf, fiber_switch_cost) {

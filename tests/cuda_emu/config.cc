@@ -75,6 +75,17 @@ void parse_order(const char *s) {
   }
 }
 
+void add_drop(const char *file_suffix, int line) {
+  std::lock_guard<std::mutex> lock(g_mu);
+  if (file_suffix == nullptr) {
+    g_drops.clear();
+  } else {
+    g_drops.emplace_back(file_suffix, line);
+  }
+  drops_active = !g_drops.empty();
+  g_gen++;
+}
+
 void parse_drops(const char *s) {
   if (s == nullptr) {
     return;
@@ -87,7 +98,7 @@ void parse_drops(const char *s) {
     const std::string item = all.substr(start, end - start);
     const size_t colon = item.rfind(':');
     if (colon != std::string::npos && colon > 0) {
-      vt_emu_drop_barrier(item.substr(0, colon).c_str(), atoi(item.c_str() + colon + 1));
+      add_drop(item.substr(0, colon).c_str(), atoi(item.c_str() + colon + 1));
     } else {
       fprintf(stderr, "vt_emu: ignoring VT_EMU_DROP_BARRIER item '%s' (want file:line)\n",
               item.c_str());
@@ -308,15 +319,8 @@ void vt_emu_stats_reset(void) {
 }
 
 void vt_emu_drop_barrier(const char *file_suffix, int line) {
-  (void)cfg();
-  std::lock_guard<std::mutex> lock(g_mu);
-  if (file_suffix == nullptr) {
-    g_drops.clear();
-  } else {
-    g_drops.emplace_back(file_suffix, line);
-  }
-  drops_active = !g_drops.empty();
-  g_gen++;
+  (void)cfg(); // the environment's drops first, then this one
+  add_drop(file_suffix, line);
 }
 
 int vt_emu_barrier_sites(char (*out)[128], int max) {
