@@ -24,7 +24,10 @@ find_package(Threads REQUIRED)
 
 # The directory's options carry C-only flags (-Wstrict-prototypes): the emulator's targets get
 # their own list, the same warnings and sanitizers for both languages.
-set(VITRINE_EMU_OPTIONS -Wall -Wextra -Wshadow $<$<COMPILE_LANGUAGE:C>:-Wstrict-prototypes>)
+# -fstack-clash-protection: a kernel's large frame touches every page on its way down, so it
+# faults in its fiber stack's guard page instead of jumping over it (exec.cc reports it).
+set(VITRINE_EMU_OPTIONS -Wall -Wextra -Wshadow $<$<COMPILE_LANGUAGE:C>:-Wstrict-prototypes>
+                        -fstack-clash-protection)
 if(VITRINE_WERROR)
   list(APPEND VITRINE_EMU_OPTIONS -Werror)
 endif()

@@ -16,6 +16,7 @@
 #include <math.h>
 #include <nccl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -379,6 +380,15 @@ Test(emu_launch, atomics_and_syncthreads_count) {
     cr_assert_eq(h[4], 0);
   }
 }
+
+#if !defined(__SANITIZE_ADDRESS__) // ASan reports the fault its own way
+/* the thread faults in its stack's guard page; the emulator names the kernel on stderr, then the
+ * process dies of the SIGSEGV */
+Test(emu_launch, stack_overflow_faults_in_the_guard_page, .signal = SIGSEGV) {
+  int *d = dalloc(32 * 4);
+  (void)st_big_stack(d);
+}
+#endif
 
 /* ---- memory ------------------------------------------------------------------------------- */
 

@@ -14,13 +14,16 @@
  * one "vt_emu:" line and becomes the device's sticky error. After every kernel the device's
  * allocations' guard zones are checked (memory.cc).
  */
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -456,6 +459,69 @@ void fiber_entry(void *arg) {
   fiber_exit(b, f);
 }
 
+/* ---- stack overflow ----------------------------------------------------------------------- */
+
+/* A kernel thread that overflows its fiber stack faults in the guard page below it (large frames
+ * probe page by page: cmake/cuda_emu.cmake builds with -fstack-clash-protection). This SIGSEGV
+ * handler, on an alternate stack, says so before the default action ends the process; any other
+ * fault goes to the handler that was there before. Not under ASan, which reports faults itself. */
+struct sigaction previous_segv;
+
+void on_segv(int sig, siginfo_t *info, void *uctx) {
+  block *b = tl_blk;
+  const char *addr = (const char *)info->si_addr;
+  const long page = sysconf(_SC_PAGESIZE);
+  if (b != nullptr && b->cur != nullptr) {
+    const char *lo = (const char *)b->cur->ctx.stack_lo;
+    if (addr < lo && addr >= lo - page) {
+      char msg[512];
+      const int len = snprintf(msg, sizeof msg,
+                               "vt_emu: kernel %s: thread %d overflowed its %zu-byte fiber stack "
+                               "(VT_EMU_STACK_KIB sets the size)\n",
+                               b->lc->site.name, b->cur->linear, b->cur->ctx.stack_size);
+      if (len > 0) {
+        ssize_t w = write(2, msg, (size_t)len < sizeof msg ? (size_t)len : sizeof msg - 1);
+        (void)w;
+      }
+      signal(SIGSEGV, SIG_DFL);
+      return; // the fault repeats, with the default action
+    }
+  }
+  if (previous_segv.sa_flags & SA_SIGINFO) {
+    if (previous_segv.sa_sigaction != nullptr) {
+      previous_segv.sa_sigaction(sig, info, uctx);
+      return;
+    }
+  } else if (previous_segv.sa_handler != SIG_DFL && previous_segv.sa_handler != SIG_IGN) {
+    previous_segv.sa_handler(sig);
+    return;
+  }
+  signal(SIGSEGV, SIG_DFL);
+}
+
+/* Once per host thread: an alternate signal stack; once per process: the handler. */
+void watch_stack_overflow(void) {
+  if (VT_EMU_ASAN) {
+    return;
+  }
+  static thread_local bool have_altstack = false;
+  if (!have_altstack) {
+    static thread_local std::vector<char> altstack(64 * 1024);
+    stack_t ss{};
+    ss.ss_sp = altstack.data();
+    ss.ss_size = altstack.size();
+    have_altstack = sigaltstack(&ss, nullptr) == 0;
+  }
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction sa {};
+    sa.sa_sigaction = on_segv;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, &previous_segv);
+  });
+}
+
 /* ---- the scheduler ------------------------------------------------------------------------ */
 
 void run_block(block *b) {
@@ -724,6 +790,7 @@ cudaError_t run_kernel(const launch_config &lc, kernel_body *body, int dev) {
     abort();
   }
   host_state &hs = tl_hs;
+  watch_stack_overflow();
   const dim3 bd = lc.block, gd = lc.grid;
   const int n = (int)(bd.x * bd.y * bd.z), nw = (n + 31) / 32;
   while ((int)hs.stacks.size() < n) {

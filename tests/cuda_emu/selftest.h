@@ -65,6 +65,9 @@ cudaError_t st_atomics(int *counter, float *fsum, int blocks, int threads);
 /* Thread 7 calls __trap(). */
 cudaError_t st_trap(int *out);
 
+/* Each thread uses 512 KiB of stack: more than a fiber has. */
+cudaError_t st_big_stack(int *out);
+
 /* blocks x threads threads, each passes `rounds` __syncthreads (switch-cost measurement). */
 cudaError_t st_barriers(int blocks, int threads, int rounds);
 

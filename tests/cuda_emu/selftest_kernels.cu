@@ -298,3 +298,16 @@ extern "C" cudaError_t st_barriers(int blocks, int threads, int rounds) {
   VT_LAUNCH(barriers_kernel, blocks, threads, 0, 0)(rounds);
   return cudaGetLastError();
 }
+
+static __global__ void big_stack_kernel(int *out) {
+  volatile char buf[512 * 1024]; // far more than a fiber's 64 KiB (256 KiB under ASan)
+  for (int i = 0; i < (int)sizeof buf; i += 512) {
+    buf[i] = (char)i;
+  }
+  out[threadIdx.x] = buf[threadIdx.x * 512];
+}
+
+extern "C" cudaError_t st_big_stack(int *out) {
+  VT_LAUNCH(big_stack_kernel, 1, 32, 0, 0)(out);
+  return cudaGetLastError();
+}
