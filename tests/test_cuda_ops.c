@@ -961,7 +961,7 @@ static int attention_failures(void) {
 /* Each __syncthreads() of kernels/cuda/attention.cu (the sites are found by running the
  * attentions once), made a no-op in turn, must make some output wrong in some order or make the
  * emulator report an error: otherwise either the barrier is not needed or the cases cannot tell.
- * One exception, logged as a warning when it applies: the kernel's first barrier (the lowest
+ * One exception, logged when it applies: the kernel's first barrier (the lowest
  * line), which ends a row's set-up (qs, acc, mh, lh). It is not needed: with keys, the tile
  * loop's first barrier comes before any thread reads what another thread set up; with no keys
  * (an empty cross group) the only such read is lh in the output loop, whose value cannot matter
@@ -1002,8 +1002,9 @@ Test(cuda_emu, every_attention_barrier_matters) {
     cr_log_info("without the barrier at %s the attentions go wrong in %d of %d orders", sites[i],
                 wrong_orders, PASSES);
     if (wrong_orders == 0 && line == first_line) {
-      cr_log_warn("the barrier at %s (the end of a row's set-up) is not needed: see this test's "
-                  "comment", sites[i]);
+      // (a Criterion warning would fail the run: the log line says it)
+      cr_log_info("NOTE: the barrier at %s (the end of a row's set-up) is not needed: see this "
+                  "test's comment", sites[i]);
     } else if (wrong_orders == 0) {
       missed++;
       snprintf(missed_list + strlen(missed_list), sizeof missed_list - strlen(missed_list),
