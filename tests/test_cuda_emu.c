@@ -471,28 +471,30 @@ Test(emu_stats, count_what_happened) {
   cudaStream_t s;
   CU(cudaStreamCreate(&s));
   vt_emu_stats_reset();
-  CU(cudaMemcpy(a, h, sizeof h, cudaMemcpyHostToDevice));
-  CU(cudaMemcpyAsync(b, h, sizeof h, cudaMemcpyHostToDevice, s));
-  CU(cudaMemcpyAsync(b, a, sizeof h, cudaMemcpyDeviceToDevice, s));
-  CU(cudaMemsetAsync(a, 0, sizeof h, s));
-  CU(st_fill(a, 256, 2.0f, s));
+  CU(cudaMemcpy(a, h, sizeof h, cudaMemcpyHostToDevice));          // h2d, sync
+  CU(cudaMemcpyAsync(b, h, sizeof h, cudaMemcpyHostToDevice, s));  // h2d
+  CU(cudaMemcpyAsync(b, a, sizeof h, cudaMemcpyDeviceToDevice, s)); // d2d
+  CU(cudaMemsetAsync(b, 0, sizeof h, s));                          // memset
+  CU(st_fill(a, 256, 2.0f, s));                                    // 3 launches
   CU(st_increment(a, 256, s));
   CU(st_increment(a, 256, s));
-  CU(cudaStreamSynchronize(s));
-  CU(cudaMemcpy(h, a, sizeof h, cudaMemcpyDeviceToHost));
-  CU(cudaDeviceSynchronize());
+  CU(cudaStreamSynchronize(s));                                    // sync
+  CU(cudaMemcpy(h, a, sizeof h, cudaMemcpyDeviceToHost));          // d2h, sync
+  cr_assert_eq(h[255], 4.0f);
+  CU(cudaDeviceSynchronize());                                     // sync
+  CU(cudaMemcpyAsync(h, b, sizeof h, cudaMemcpyDeviceToHost, s));  // d2h into pageable: sync
+  cr_assert_eq(h[255], 0.0f);
   vt_emu_stats st;
   vt_emu_stats_get(&st);
-  cr_assert_eq(h[255], 4.0f);
   cr_assert_eq(st.launches, 3);
   cr_assert_eq(st.blocks, 3);
   cr_assert_eq(st.h2d, 2);
   cr_assert_eq(st.bytes_h2d, 2 * sizeof h);
-  cr_assert_eq(st.d2h, 1);
+  cr_assert_eq(st.d2h, 2);
+  cr_assert_eq(st.bytes_d2h, 2 * sizeof h);
   cr_assert_eq(st.d2d, 1);
   cr_assert_eq(st.memsets, 1);
-  cr_assert_eq(st.syncs, 4, "2 synchronous copies, a stream and a device sync: %llu",
-               (unsigned long long)st.syncs);
+  cr_assert_eq(st.syncs, 5, "%llu", (unsigned long long)st.syncs);
   cr_assert_gt(st.switches, 3 * 256);
   vt_emu_stats_reset();
   vt_emu_stats_get(&st);
@@ -732,6 +734,54 @@ Test(emu_devices, two_host_threads_at_once) {
   }
 }
 
+struct rank_arg {
+  ncclComm_t comm;
+  char *buf;
+  ncclResult_t r;
+};
+
+static void *broadcast_rank(void *arg) {
+  struct rank_arg *a = arg;
+  int dev = -1;
+  if (ncclCommCuDevice(a->comm, &dev) != ncclSuccess || cudaSetDevice(dev) != cudaSuccess) {
+    a->r = ncclInternalError;
+    return NULL;
+  }
+  a->r = ncclBroadcast(a->buf, a->buf, 256, ncclUint8, 1, a->comm, NULL); // outside a group
+  return NULL;
+}
+
+/* one host thread per rank, no group: each call returns once every rank has made it */
+Test(emu_devices, nccl_one_thread_per_rank) {
+  ncclComm_t comms[2];
+  const int devs[2] = {1, 0}; // rank 0 on device 1, rank 1 on device 0
+  cr_assert_eq(ncclCommInitAll(comms, 2, devs), ncclSuccess);
+  struct rank_arg args[2];
+  unsigned char h[256];
+  for (int r = 0; r < 2; r++) {
+    CU(cudaSetDevice(devs[r]));
+    args[r] = (struct rank_arg){comms[r], dalloc(256), ncclSuccess};
+    memset(h, r == 1 ? 0x5A : 0, sizeof h);
+    CU(cudaMemcpy(args[r].buf, h, sizeof h, cudaMemcpyHostToDevice));
+  }
+  pthread_t t[2];
+  for (int r = 0; r < 2; r++) {
+    cr_assert_eq(pthread_create(&t[r], NULL, broadcast_rank, &args[r]), 0);
+  }
+  for (int r = 0; r < 2; r++) {
+    pthread_join(t[r], NULL);
+    cr_assert_eq(args[r].r, ncclSuccess, "rank %d: %s", r, ncclGetErrorString(args[r].r));
+  }
+  CU(cudaSetDevice(devs[0]));
+  CU(cudaMemcpy(h, args[0].buf, sizeof h, cudaMemcpyDeviceToHost));
+  for (int i = 0; i < 256; i++) {
+    cr_assert_eq(h[i], 0x5A, "rank 0 received root 1's bytes");
+  }
+  for (int r = 0; r < 2; r++) {
+    cr_assert_eq(ncclCommDestroy(comms[r]), ncclSuccess);
+  }
+}
+
 Test(emu_devices, no_device) {
   setenv("VT_EMU_DEVICES", "0", 1); // read on first use: this test's process has not used it
   int n = -1;
@@ -829,6 +879,42 @@ Test(emu_cublas, sgemm_against_a_loop) {
                CUBLAS_STATUS_EXECUTION_FAILED, "A spans 7 * 9 + 8 floats");
   cr_assert(strstr(vt_emu_last_diagnostic(), "matrix A") != NULL, "%s", vt_emu_last_diagnostic());
   expect_sticky(cudaErrorIllegalAddress);
+  cr_assert_eq(cublasDestroy(hd), CUBLAS_STATUS_SUCCESS);
+}
+
+Test(emu_cublas, recorded_under_capture) {
+  cublasHandle_t hd;
+  cudaStream_t s;
+  cr_assert_eq(cublasCreate(&hd), CUBLAS_STATUS_SUCCESS);
+  CU(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  cr_assert_eq(cublasSetStream(hd, s), CUBLAS_STATUS_SUCCESS);
+  float A[4] = {1, 2, 3, 4}, B[4] = {5, 6, 7, 8}, C[4] = {0};
+  float *dA = dalloc(sizeof A), *dB = dalloc(sizeof B), *dC = dalloc(sizeof C);
+  CU(cudaMemcpy(dA, A, sizeof A, cudaMemcpyHostToDevice));
+  CU(cudaMemcpy(dB, B, sizeof B, cudaMemcpyHostToDevice));
+  CU(cudaMemset(dC, 0, sizeof C));
+  const float one = 1.0f, zero = 0.0f;
+  vt_emu_stats_reset();
+  CU(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+  cr_assert_eq(cublasSgemm(hd, CUBLAS_OP_N, CUBLAS_OP_N, 2, 2, 2, &one, dA, 2, dB, 2, &zero, dC, 2),
+               CUBLAS_STATUS_SUCCESS);
+  cudaGraph_t g;
+  CU(cudaStreamEndCapture(s, &g));
+  vt_emu_stats st;
+  vt_emu_stats_get(&st);
+  cr_assert_eq(st.gemms, 0, "recorded, not run");
+  cudaGraphExec_t x;
+  CU(cudaGraphInstantiate(&x, g, 0));
+  CU(cudaGraphLaunch(x, s));
+  CU(cudaMemcpy(C, dC, sizeof C, cudaMemcpyDeviceToHost));
+  // column-major: C = A B = [1 3; 2 4] [5 7; 6 8] = [23 31; 34 46]
+  cr_assert(C[0] == 23.0f && C[1] == 34.0f && C[2] == 31.0f && C[3] == 46.0f,
+            "%g %g %g %g", C[0], C[1], C[2], C[3]);
+  vt_emu_stats_get(&st);
+  cr_assert_eq(st.gemms, 1);
+  CU(cudaGraphExecDestroy(x));
+  CU(cudaGraphDestroy(g));
+  CU(cudaStreamDestroy(s));
   cr_assert_eq(cublasDestroy(hd), CUBLAS_STATUS_SUCCESS);
 }
 
