@@ -4,8 +4,10 @@
  * fibers (fiber.h) that run until they block: at __syncthreads(), at a warp intrinsic whose other
  * lanes have not arrived yet, or when they return. A blocking fiber switches straight to the next
  * runnable one (a run queue in the configured order: forward, reverse, or a seeded shuffle drawn
- * again at every pick); when none is left it switches to the scheduler, which either releases a
- * barrier every live thread waits at (all at the same site) or reports what went wrong:
+ * again at every pick; the lanes a warp intrinsic releases go first, so a warp runs through its
+ * shuffles while its stacks are warm); when none is left it switches to the scheduler, which
+ * either releases a barrier every live thread waits at (all at the same site) or reports what
+ * went wrong:
  *   - a thread exited while others wait at a barrier, or threads wait at different barriers;
  *   - a warp intrinsic whose mask names an exited lane, a lane that does not exist, or lanes
  *     waiting at different intrinsics (call sites, masks or kinds) -- detected when they arrive;
@@ -50,7 +52,7 @@ struct fiber {
   uint3 tid;
   int linear;
   uint8_t state;
-  const char *file; /* the barrier or warp intrinsic it waits at */
+  const char *file; /* the barrier it waits at (a warp intrinsic's site is in its lane_slot) */
   int line;
   int pred; /* __syncthreads_count/and/or: its predicate, then the block's answer */
 };
@@ -237,8 +239,8 @@ std::string lane_threads(int warp_index, unsigned lanes) {
 void record_failure(block *b, cudaError_t e, const char *what) {
   const launch_config &lc = *b->lc;
   const uint3 &bd = vt_emu_bi.block_dim, &gd = vt_emu_bi.grid_dim;
-  diag("kernel %s (launched at %s) block (%u,%u,%u) of grid (%u,%u,%u), block (%u,%u,%u): %s "
-       "-> %s",
+  diag("kernel %s (launched at %s), block (%u,%u,%u) of grid (%u,%u,%u), blockDim (%u,%u,%u): "
+       "%s -> %s",
        lc.site.name, site(lc.site.file, lc.site.line).c_str(), b->bid.x, b->bid.y, b->bid.z,
        gd.x, gd.y, gd.z, bd.x, bd.y, bd.z, what, cudaGetErrorName(e));
   b->failed = true;
