@@ -46,6 +46,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "kernels/decode.h"
 #include "kernels/ops.h"
 #include "kernels/ops_cuda.h"
 
@@ -795,13 +796,13 @@ static void bench_cross_attention(bench *bn, const char *tag, const char *role, 
   dev_free_all();
 }
 
-/* vt_decoder_attention_cuda, one new position T for each of nrows beams through the KV pool:
+/* vt_dec_self_attention_cuda, one new position T for each of nrows beam rows through the KV pool:
  * bytes = 4 (nrows C + nrows (T+1) + 2 nrows (T+1) C + nrows C)   (q, slots, k and v, out)
  * flops = nrows (T + 1) (4 C + 5 NH) */
 static void bench_decoder_attention(bench *bn, const char *tag, const model *m, int nrows) {
   const int C = m->C, NH = m->NH, T = DEC_POS, maxT = MAX_DEC_LEN;
   const int S = nrows * maxT; // the pool: every row's positions
-  int32_t *perm = xmalloc((size_t)S * 4);
+  int32_t *perm = xmalloc((size_t)S * 4), *pos = xmalloc((size_t)nrows * 4);
   for (int i = 0; i < S; i++) {
     perm[i] = i;
   }
@@ -811,20 +812,27 @@ static void bench_decoder_attention(bench *bn, const char *tag, const model *m, 
     perm[i] = perm[j];
     perm[j] = v;
   }
+  for (int r = 0; r < nrows; r++) {
+    pos[r] = T;
+  }
   float *q = dev_rand((size_t)nrows * C, -1.0f, 1.0f);
   float *kp = dev_rand((size_t)S * C, -1.0f, 1.0f), *vp = dev_rand((size_t)S * C, -1.0f, 1.0f);
-  int32_t *slot = dev_copy(perm, (size_t)S * 4);
+  vt_beam_rows rows = {0};
+  rows.slots = dev_copy(perm, (size_t)S * 4);
+  rows.pos = dev_copy(pos, (size_t)nrows * 4);
+  rows.mem = rows.pos;
+  rows.n = dev_copy(&nrows, 4);
   float *out = dev_alloc((size_t)nrows * C * 4);
-  free(perm);
+  free(perm), free(pos);
   timing t = timing_start(bn, bn->o.reps);
   while (timing_next(&t)) {
-    CK(vt_decoder_attention_cuda(out, q, kp, vp, slot, nrows, T, maxT, C, NH, NULL));
+    CK(vt_dec_self_attention_cuda(out, q, kp, vp, rows, nrows, maxT, C, NH, NULL));
   }
   char shape[112];
   snprintf(shape, sizeof shape, "%s: nrows %d, T %d, maxT %d, C %d, NH %d", tag, nrows, T, maxT,
            C, NH);
   const double keys = (double)nrows * (T + 1);
-  add_row(bn, &t, "decoder_attention", shape, 4.0 * (2.0 * nrows * C + keys + 2.0 * keys * C),
+  add_row(bn, &t, "dec_self_attention", shape, 4.0 * (2.0 * nrows * C + keys + 2.0 * keys * C),
           keys * (4.0 * C + 5.0 * NH));
   dev_free_all();
 }
@@ -918,8 +926,9 @@ static void trie_free(trie *tr) {
   free(tr->indptr), free(tr->token), free(tr->child), free(tr->phrase), free(tr->inner);
 }
 
-/* vt_beam_step_cuda, G groups (one call each), nb beams each; E_g candidates (the children of
- * the group's beams), U_g distinct candidate tokens, w_g = min(width, E_g) selected:
+/* vt_beam_select_cuda: the beam step of G searches in one segmented launch set (offsets, sparse
+ * logits, per-search selection), nb beam rows each; E_g candidates (the children of the search's
+ * rows), U_g distinct candidate tokens, w_g = min(width, E_g) selected:
  * bytes = sum_g 4 (nb C + 2 nb + 2 nb + 2 E_g + U_g C + 6 w_g + 1)
  *   (h; node, score; indptr pairs; token, child; tok_emb rows; phrase of the picks, outputs x5;
  *   count)
@@ -927,12 +936,13 @@ static void trie_free(trie *tr) {
  *   score; one log per beam) */
 static void bench_beam_step(bench *bn, const char *tag, const model *m, const trie *tr, int G,
                             int nb) {
-  const int C = m->C, W = BEAM_WIDTH;
-  int32_t *node = xmalloc((size_t)G * nb * 4), *scr_off = xmalloc((size_t)(G + 1) * 4);
-  float *score = xmalloc((size_t)G * nb * 4);
+  const int C = m->C, W = BEAM_WIDTH, cap = G * nb;
+  int32_t *node = xmalloc((size_t)cap * 4);
+  float *score = xmalloc((size_t)cap * 4);
   int32_t *toks = xmalloc((size_t)nb * VOCAB * 4); // a node's children have distinct tokens
+  int32_t *width = xmalloc((size_t)G * 4), *row0 = xmalloc((size_t)G * 4);
+  int32_t *nrows = xmalloc((size_t)G * 4), *zeros = xcalloc((size_t)G, 4);
   double bytes = 0.0, flops = 0.0, cand = 0.0;
-  scr_off[0] = 0;
   for (int g = 0; g < G; g++) {
     int E = 0;
     for (int b = 0; b < nb; b++) {
@@ -947,35 +957,41 @@ static void bench_beam_step(bench *bn, const char *tag, const model *m, const tr
     bytes += 4.0 * ((double)nb * C + 4.0 * nb + 2.0 * E + (double)U * C + 6.0 * w + 1);
     flops += E * (2.0 * C + 4.0) + nb;
     cand += E;
-    scr_off[g + 1] = scr_off[g] + nb + 1 + E; // the op's exact scratch: offsets, candidates
+    width[g] = W, row0[g] = g * nb, nrows[g] = nb;
   }
   free(toks);
-  float *h = dev_rand((size_t)G * nb * C, -1.0f, 1.0f);
+  vt_beam_rows rows = {0};
+  rows.node = dev_copy(node, (size_t)cap * 4);
+  rows.score = dev_copy(score, (size_t)cap * 4);
+  rows.n = dev_copy(&cap, 4);
+  vt_beam_groups g = {0};
+  g.width = dev_copy(width, (size_t)G * 4);
+  g.row0 = dev_copy(row0, (size_t)G * 4);
+  g.n_rows = dev_copy(nrows, (size_t)G * 4);
+  g.state = g.pos = g.n_best = g.n_fin = dev_copy(zeros, (size_t)G * 4);
+  g.fin_score = dev_alloc(4);
+  g.fin_phrase = g.fin_len = dev_alloc(4);
+  g.fin_cap = 1;
+  const vt_trie_csr t_dev = {dev_copy(tr->indptr, (size_t)(tr->n_nodes + 1) * 4),
+                             dev_copy(tr->token, (size_t)tr->n_entries * 4),
+                             dev_copy(tr->child, (size_t)tr->n_entries * 4),
+                             dev_copy(tr->phrase, (size_t)tr->n_nodes * 4)};
+  vt_beam_picks picks = {dev_alloc((size_t)G * W * 4), dev_alloc((size_t)G * W * 4),
+                         dev_alloc((size_t)G * W * 4), dev_alloc((size_t)G * W * 4),
+                         dev_alloc((size_t)G * W * 4), dev_alloc((size_t)G * 4)};
+  float *h = dev_rand((size_t)cap * C, -1.0f, 1.0f);
   float *tok_emb = dev_rand((size_t)VOCAB * C, -0.5f, 0.5f);
-  int32_t *dnode = dev_copy(node, (size_t)G * nb * 4);
-  float *dscore = dev_copy(score, (size_t)G * nb * 4);
-  int32_t *indptr = dev_copy(tr->indptr, (size_t)(tr->n_nodes + 1) * 4);
-  int32_t *token = dev_copy(tr->token, (size_t)tr->n_entries * 4);
-  int32_t *child = dev_copy(tr->child, (size_t)tr->n_entries * 4);
-  int32_t *phrase = dev_copy(tr->phrase, (size_t)tr->n_nodes * 4);
-  int32_t *par = dev_alloc((size_t)G * W * 4), *tok = dev_alloc((size_t)G * W * 4);
-  int32_t *nd = dev_alloc((size_t)G * W * 4), *php = dev_alloc((size_t)G * W * 4);
-  float *sc = dev_alloc((size_t)G * W * 4), *scratch = dev_alloc((size_t)scr_off[G] * 4);
-  int32_t *count = dev_alloc((size_t)G * 4);
+  void *scratch = dev_alloc(vt_beam_select_scratch(cap, (int)cand));
   timing t = timing_start(bn, bn->o.reps);
   while (timing_next(&t)) {
-    for (int g = 0; g < G; g++) {
-      const size_t o = (size_t)g * W, r = (size_t)g * nb;
-      CK(vt_beam_step_cuda(par + o, tok + o, nd + o, sc + o, php + o, h + r * C, dnode + r,
-                           dscore + r, nb, tok_emb, indptr, token, child, phrase, C, W,
-                           scratch + scr_off[g], count + g, NULL));
-    }
+    CK(vt_beam_select_cuda(picks, h, rows, g, G, cap, W, tok_emb, t_dev, C, scratch, NULL));
   }
   char shape[112];
-  snprintf(shape, sizeof shape, "%s %s: x%d groups, %d beam%s, width %d, %.0f cand/group, C %d",
-           tag, nb == 1 ? "first step" : "later step", G, nb, nb == 1 ? "" : "s", W, cand / G, C);
-  add_row(bn, &t, "beam_step", shape, bytes, flops);
-  free(node), free(score), free(scr_off);
+  snprintf(shape, sizeof shape, "%s %s: %d searches, %d row%s each, width %d, %.0f cand/search, "
+           "C %d", tag, nb == 1 ? "first step" : "later step", G, nb, nb == 1 ? "" : "s", W,
+           cand / G, C);
+  add_row(bn, &t, "beam_select", shape, bytes, flops);
+  free(node), free(score), free(width), free(row0), free(nrows), free(zeros);
   dev_free_all();
 }
 

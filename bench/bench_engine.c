@@ -1,11 +1,14 @@
 /* The C engine's throughput and latency by batch size on a request file, with the time split
  * between encoder, decoder, beam step and retrieval. bench/run_cpu.sh runs it beside the PyTorch
- * reference (train/bench_reference.py) on the same requests and thread count.
+ * reference (train/bench_reference.py) on the same requests and thread count; tests/gpu/run.sh
+ * runs it on a CUDA device.
  *
  *   bench_engine --bundle DIR --catalog DIR --requests FILE.jsonl [--batches 1,8,32,128]
- *                [--seconds 5]
+ *                [--seconds 5] [--device cpu|cuda:N] [--graphs 0|1]
  *
- * One JSON line per batch size. A batch is B consecutive requests of the file (wrapping). */
+ * One JSON line per batch size. A batch is B consecutive requests of the file (wrapping). The
+ * throughput and latency come from a run without profiling; on a device the time split comes
+ * from a second, shorter run with profiling on (it waits at every phase boundary). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +32,8 @@ static int cmp_double(const void *a, const void *b) {
 
 int main(int argc, char **argv) {
   const char *bundle = NULL, *catalog = NULL, *requests = NULL, *batches = "1,8,32,128";
+  const char *device = "cpu";
+  int graphs = 0;
   double seconds = 5.0;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!strcmp(argv[i], "--bundle"))
@@ -41,10 +46,14 @@ int main(int argc, char **argv) {
       batches = argv[i + 1];
     else if (!strcmp(argv[i], "--seconds"))
       seconds = atof(argv[i + 1]);
+    else if (!strcmp(argv[i], "--device"))
+      device = argv[i + 1];
+    else if (!strcmp(argv[i], "--graphs"))
+      graphs = atoi(argv[i + 1]);
   }
   if (!bundle || !catalog || !requests) {
     fprintf(stderr, "usage: bench_engine --bundle DIR --catalog DIR --requests FILE.jsonl "
-                    "[--batches 1,8,32,128] [--seconds 5]\n");
+                    "[--batches 1,8,32,128] [--seconds 5] [--device cpu|cuda:N] [--graphs 0|1]\n");
     return 2;
   }
   vt_err err = {0};
@@ -52,10 +61,12 @@ int main(int argc, char **argv) {
   vt_catalog *c = NULL;
   vt_engine *e = NULL;
   if (vt_bundle_load(&b, bundle, &err) || vt_catalog_load(&c, catalog, b, &err) ||
-      vt_engine_create(&e, b, c, &err)) {
+      vt_engine_create_on(&e, b, c, device, &err)) {
     fprintf(stderr, "bench_engine: %s\n", err.msg);
     return 2;
   }
+  vt_engine_set_graphs(e, graphs);
+  const int on_device = strcmp(vt_engine_device(e), "cpu") != 0;
   FILE *f = fopen(requests, "r");
   if (!f) {
     fprintf(stderr, "bench_engine: %s: cannot open\n", requests);
@@ -96,7 +107,10 @@ int main(int argc, char **argv) {
     p = strchr(p, ',') ? strchr(p, ',') + 1 : p + strlen(p);
     for (int k = 0; k < B; k++) /* warm-up: grows the arena to this batch size */
       batch[k] = reqs[k % n];
-    vt_engine_run(e, batch, B, out, NULL, NULL, &err);
+    if (vt_engine_run(e, batch, B, out, NULL, NULL, &err)) {
+      fprintf(stderr, "bench_engine: %s\n", err.msg);
+      return 1;
+    }
     memset(vt_engine_profile(e), 0, sizeof(vt_profile));
     size_t nl = 0;
     long done = 0;
@@ -118,17 +132,34 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < nl; i++)
       total += lat[i];
     qsort(lat, nl, sizeof *lat, cmp_double);
+    const long steps = vt_engine_profile(e)->decode_steps, batches_run = vt_engine_profile(e)->batches;
+    if (on_device) { /* the split, from a shorter run that waits at every phase boundary */
+      memset(vt_engine_profile(e), 0, sizeof(vt_profile));
+      vt_engine_set_profiling(e, 1);
+      const double t_prof = now_s() + seconds / 4;
+      for (int k = 0; k < 3 || now_s() < t_prof; k++) {
+        for (int j = 0; j < B; j++)
+          batch[j] = reqs[(next + j) % n];
+        next = (next + B) % n;
+        if (vt_engine_run(e, batch, B, out, NULL, NULL, &err)) {
+          fprintf(stderr, "bench_engine: %s\n", err.msg);
+          return 1;
+        }
+      }
+      vt_engine_set_profiling(e, 0);
+    }
     const vt_profile *pr = vt_engine_profile(e);
     const double all = pr->encode_ns + pr->decode_ns + pr->beam_ns + pr->retrieve_ns;
-    printf("{\"engine\": \"vitrine-c\", \"batch\": %d, \"requests_per_s\": %.1f, "
+    printf("{\"engine\": \"vitrine-c\", \"device\": \"%s\", \"graphs\": %d, "
+           "\"batch\": %d, \"requests_per_s\": %.1f, "
            "\"batch_ms_p50\": %.3f, \"batch_ms_p99\": %.3f, \"batches\": %zu, "
            "\"share_encode\": %.3f, \"share_decode\": %.3f, \"share_beam\": %.3f, "
            "\"share_retrieve\": %.3f, \"beam_of_decode\": %.4f, \"steps_per_batch\": %.1f, "
            "\"arena_mib\": %.1f}\n",
-           B, (double)done / total, 1e3 * lat[nl / 2],
+           vt_engine_device(e), graphs, B, (double)done / total, 1e3 * lat[nl / 2],
            1e3 * lat[nl * 99 / 100 < nl ? nl * 99 / 100 : nl - 1], nl, pr->encode_ns / all,
            pr->decode_ns / all, pr->beam_ns / all, pr->retrieve_ns / all,
-           pr->beam_ns / (pr->decode_ns + pr->beam_ns), (double)pr->decode_steps / (double)nl,
+           pr->beam_ns / (pr->decode_ns + pr->beam_ns), (double)steps / (double)batches_run,
            (double)vt_engine_arena_bytes(e) / (1 << 20));
     fflush(stdout);
   }

@@ -1,5 +1,11 @@
-# The CUDA backend: kernels/cuda/*.cu behind kernels/ops_cuda.h, as the static library
-# vitrine_cuda, linked into vitrine_kernels with VITRINE_HAVE_CUDA=1.
+# The CUDA side of the backends, as one static library that every executable links besides
+# vitrine_host; VITRINE_CUDA_IMPL names it:
+#   vitrine_cuda    kernels/cuda/*.cu behind kernels/ops_cuda.h, the CUDA backend table
+#                   (kernels/cuda/backend_cuda.c) and the registry (kernels/backend.c), with
+#                   VITRINE_HAVE_CUDA=1;
+#   vitrine_nocuda  when CUDA is not built: the registry and kernels/nocuda.c ("built without
+#                   CUDA").
+# (The tests' emulator build of the same sources, vitrine_cuda_emu, is cmake/cuda_emu.cmake's.)
 #
 # VITRINE_CUDA=AUTO (default): build it when an nvcc is found (CUDACXX, PATH, or
 #   /usr/local/cuda/bin), else say so and build the CPU engine only;
@@ -48,29 +54,39 @@ if(VITRINE_HAVE_CUDA)
   message(STATUS "vitrine: CUDA backend on (nvcc ${CMAKE_CUDA_COMPILER_VERSION}, "
                  "arches ${CMAKE_CUDA_ARCHITECTURES})")
 
-  file(GLOB VITRINE_CUDA_SRC CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/kernels/cuda/*.cu)
-  add_library(vitrine_cuda STATIC ${VITRINE_CUDA_SRC})
+  # the kernels (*.cu), the backend table over them (*.c, plain C) and the registry
+  file(GLOB VITRINE_CUDA_SRC CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/kernels/cuda/*.cu
+       ${CMAKE_SOURCE_DIR}/kernels/cuda/*.c)
+  add_library(vitrine_cuda STATIC ${VITRINE_CUDA_SRC} ${CMAKE_SOURCE_DIR}/kernels/backend.c)
   # the directory's C warning and sanitizer flags (-Wstrict-prototypes, -fsanitize=...) are not
-  # nvcc's: replace them with the host compiler's warnings, passed through -Xcompiler
+  # nvcc's: the CUDA sources get the host compiler's warnings through -Xcompiler
   set_property(TARGET vitrine_cuda PROPERTY COMPILE_OPTIONS "")
   target_compile_options(vitrine_cuda PRIVATE
-                         $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall,-Wextra,-Wshadow>)
+                         $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall,-Wextra,-Wshadow>
+                         $<$<COMPILE_LANGUAGE:C>:-Wall -Wextra -Wshadow -Wstrict-prototypes>)
   if(VITRINE_WERROR)
     target_compile_options(vitrine_cuda PRIVATE
                            $<$<COMPILE_LANGUAGE:CUDA>:-Werror=all-warnings>
-                           $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Werror>)
+                           $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Werror>
+                           $<$<COMPILE_LANGUAGE:C>:-Werror>)
+  endif()
+  if(VITRINE_SANITIZE)
+    target_compile_options(vitrine_cuda PRIVATE
+                           $<$<COMPILE_LANGUAGE:C>:-fsanitize=address,undefined -fno-omit-frame-pointer>)
   endif()
   set_target_properties(vitrine_cuda PROPERTIES CUDA_STANDARD 17 CUDA_STANDARD_REQUIRED ON
                                                 POSITION_INDEPENDENT_CODE ON)
   target_include_directories(vitrine_cuda PUBLIC ${CMAKE_SOURCE_DIR})
-  target_link_libraries(vitrine_cuda PUBLIC CUDA::cudart CUDA::cublas)
-
-  target_link_libraries(vitrine_kernels PUBLIC vitrine_cuda)
-  # vitrine_kernels was made before CUDA was enabled: give it the arches CMake checks for
-  set_target_properties(vitrine_kernels PROPERTIES
-                        CUDA_ARCHITECTURES "${CMAKE_CUDA_ARCHITECTURES}")
-  target_compile_definitions(vitrine_kernels PUBLIC VITRINE_HAVE_CUDA=1)
-  # the CUDA backend table (plain C over ops_cuda.h), registered by vt_backend_find("cuda...")
-  target_sources(vitrine_kernels PRIVATE ${CMAKE_SOURCE_DIR}/kernels/cuda/backend_cuda.c)
+  target_compile_definitions(vitrine_cuda PUBLIC VITRINE_HAVE_CUDA=1)
+  target_link_libraries(vitrine_cuda PUBLIC vitrine_kernels CUDA::cudart CUDA::cublas
+                        ${CMAKE_DL_LIBS})
+  set(VITRINE_CUDA_IMPL vitrine_cuda)
 endif()
 unset(_vt_cuda_mode)
+if(NOT VITRINE_HAVE_CUDA)
+  # the CUDA entry points of kernels/backend.h answer "built without CUDA"
+  add_library(vitrine_nocuda STATIC ${CMAKE_SOURCE_DIR}/kernels/nocuda.c
+                                    ${CMAKE_SOURCE_DIR}/kernels/backend.c)
+  target_link_libraries(vitrine_nocuda PUBLIC vitrine_kernels)
+  set(VITRINE_CUDA_IMPL vitrine_nocuda)
+endif()

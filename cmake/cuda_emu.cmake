@@ -4,12 +4,13 @@
 #
 #   vitrine_cuda_emu     every kernels/cuda/*.cu (through a generated wrapper .cc each, so that
 #                        new .cu files are picked up at configure time), every kernels/cuda/*.c,
-#                        and the emulator runtime tests/cuda_emu/*.cc
-#   vitrine_kernels_emu  kernels/cpu/*.c as vitrine_kernels is built for CUDA (VITRINE_HAVE_CUDA),
-#                        bound to vitrine_cuda_emu instead of the real vitrine_cuda, so that no
-#                        executable gets both the real and the emulated vt_*_cuda symbols
-#   test_cuda_ops_emu    tests/test_cuda_ops.c on the emulator, every order (forward, reverse,
-#                        shuffle)
+#                        the registry kernels/backend.c and the emulator runtime
+#                        tests/cuda_emu/*.cc: what vitrine_cuda is, on the emulator. An executable
+#                        links it instead of VITRINE_CUDA_IMPL, so it never gets both.
+#   NAME_emu             the CUDA tests (test_cuda_ops, test_backend, test_decode_ops,
+#                        test_device_parity) on the emulator, every order (forward, reverse,
+#                        shuffle) where the test asks for it
+#   vitrine-emu          the CLI on the emulator (tests/server/test_device_emu.py)
 #   test_cuda_emu        the emulator's own tests (tests/test_cuda_emu.c with the kernels of
 #                        tests/cuda_emu/selftest_kernels.cu)
 #   bench_cuda_kernels_emu  bench/bench_cuda_kernels.c linked against the emulator: proves it
@@ -59,30 +60,32 @@ file(GLOB VITRINE_EMU_RUNTIME CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/tests/cuda_e
 vitrine_emu_wrap(VITRINE_EMU_WRAPPERS ${VITRINE_EMU_CU})
 
 add_library(vitrine_cuda_emu STATIC ${VITRINE_EMU_WRAPPERS} ${VITRINE_EMU_C}
-                                    ${VITRINE_EMU_RUNTIME})
-# the emulator itself is optimized in every build type (a Debug build's -O0 would make the fiber
-# scheduler several times slower); the kernels and the tests keep the build type's flags
-set_source_files_properties(${VITRINE_EMU_RUNTIME} PROPERTIES
-                            COMPILE_OPTIONS $<$<CONFIG:Debug>:-O2>)
+                                    ${CMAKE_SOURCE_DIR}/kernels/backend.c ${VITRINE_EMU_RUNTIME})
 set_property(TARGET vitrine_cuda_emu PROPERTY COMPILE_OPTIONS "${VITRINE_EMU_OPTIONS}")
 set_target_properties(vitrine_cuda_emu PROPERTIES CXX_STANDARD 17 CXX_STANDARD_REQUIRED ON
                                                   CXX_EXTENSIONS OFF)
 # the emulator's <cuda_runtime.h>, <cublas_v2.h>, <nccl.h> and vt_emu.h before anything else
-target_include_directories(vitrine_cuda_emu BEFORE PUBLIC
-                           ${CMAKE_SOURCE_DIR}/tests/cuda_emu/include)
+target_include_directories(vitrine_cuda_emu BEFORE PUBLIC ${CMAKE_SOURCE_DIR}/tests/cuda_emu/include)
 target_include_directories(vitrine_cuda_emu PUBLIC ${CMAKE_SOURCE_DIR})
 target_compile_definitions(vitrine_cuda_emu PUBLIC VT_CUDA_EMU=1 VITRINE_HAVE_CUDA=1)
-target_link_libraries(vitrine_cuda_emu PUBLIC PkgConfig::OPENBLAS Threads::Threads
-                                              ${CMAKE_DL_LIBS} m)
+target_link_libraries(vitrine_cuda_emu PUBLIC vitrine_kernels PkgConfig::OPENBLAS Threads::Threads
+                      ${CMAKE_DL_LIBS} m)
 
-file(GLOB VITRINE_EMU_CPU CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/kernels/cpu/*.c)
-add_library(vitrine_kernels_emu STATIC ${VITRINE_EMU_CPU})
-set_property(TARGET vitrine_kernels_emu PROPERTY COMPILE_OPTIONS "${VITRINE_EMU_OPTIONS}")
-target_link_libraries(vitrine_kernels_emu PUBLIC vitrine_cuda_emu PkgConfig::OPENBLAS m)
-
-add_executable(test_cuda_ops_emu ${CMAKE_SOURCE_DIR}/tests/test_cuda_ops.c)
-set_property(TARGET test_cuda_ops_emu PROPERTY COMPILE_OPTIONS "${VITRINE_EMU_OPTIONS}")
-target_link_libraries(test_cuda_ops_emu PRIVATE vitrine_kernels_emu PkgConfig::CRITERION)
+# The tests that run CUDA get a second build on the emulator (NAME_emu; NAME itself uses the real
+# runtime, where it skips without a device), and so does the CLI (vitrine-emu: `vitrine serve
+# --device cuda:...` on emulated devices, for tests/server/test_device_emu.py).
+foreach(t test_cuda_ops test_backend test_decode_ops test_device_parity)
+  add_executable(${t}_emu ${CMAKE_SOURCE_DIR}/tests/${t}.c)
+  set_property(TARGET ${t}_emu PROPERTY COMPILE_OPTIONS "${VITRINE_EMU_OPTIONS}")
+  target_link_libraries(${t}_emu PRIVATE vitrine_host vitrine_cuda_emu PkgConfig::CRITERION)
+  add_test(NAME ${t}_emu COMMAND ${t}_emu --jobs 1 WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+  # one OpenBLAS thread: the emulator runs on one, and idle OpenBLAS threads spin
+  set_tests_properties(${t}_emu PROPERTIES FIXTURES_REQUIRED fixture TIMEOUT 600
+                       ENVIRONMENT "VT_FIXTURE=${CMAKE_BINARY_DIR}/fixture;VT_BUILD=${CMAKE_BINARY_DIR};OPENBLAS_NUM_THREADS=1")
+endforeach()
+add_executable(vitrine-emu ${CMAKE_SOURCE_DIR}/host/main.c)
+set_property(TARGET vitrine-emu PROPERTY COMPILE_OPTIONS "${VITRINE_EMU_OPTIONS}")
+target_link_libraries(vitrine-emu PRIVATE vitrine_host vitrine_cuda_emu)
 
 vitrine_emu_wrap(VITRINE_EMU_SELFTEST ${CMAKE_SOURCE_DIR}/tests/cuda_emu/selftest_kernels.cu)
 add_executable(test_cuda_emu ${CMAKE_SOURCE_DIR}/tests/test_cuda_emu.c ${VITRINE_EMU_SELFTEST})
@@ -92,13 +95,11 @@ set_target_properties(test_cuda_emu PROPERTIES CXX_STANDARD 17 CXX_STANDARD_REQU
 target_include_directories(test_cuda_emu PRIVATE ${CMAKE_SOURCE_DIR}/tests/cuda_emu)
 target_link_libraries(test_cuda_emu PRIVATE vitrine_cuda_emu PkgConfig::CRITERION)
 
-foreach(t test_cuda_ops_emu test_cuda_emu)
-  add_test(NAME ${t} COMMAND ${t} --jobs 1 WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
-  set_tests_properties(${t} PROPERTIES TIMEOUT 300)
-endforeach()
+add_test(NAME test_cuda_emu COMMAND test_cuda_emu --jobs 1 WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+set_tests_properties(test_cuda_emu PROPERTIES TIMEOUT 300)
 
 if(EXISTS ${CMAKE_SOURCE_DIR}/bench/bench_cuda_kernels.c)
   add_executable(bench_cuda_kernels_emu ${CMAKE_SOURCE_DIR}/bench/bench_cuda_kernels.c)
   set_property(TARGET bench_cuda_kernels_emu PROPERTY COMPILE_OPTIONS "${VITRINE_EMU_OPTIONS}")
-  target_link_libraries(bench_cuda_kernels_emu PRIVATE vitrine_kernels_emu)
+  target_link_libraries(bench_cuda_kernels_emu PRIVATE vitrine_cuda_emu)
 endif()

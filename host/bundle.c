@@ -834,7 +834,8 @@ static int load_weights(vt_bundle *b, const char *path, vt_err *err) {
   if (!e) return vt_fail(err, VT_ENOMEM, "%s: out of memory", path);
   int n = expected_tensors(e, &b->w, c);
   if ((rc = vt_st_open(&b->st, path, err)) != 0) goto fail;
-  if (!(b->owned = calloc((size_t)n, sizeof *b->owned))) {
+  if (!(b->owned = calloc((size_t)n, sizeof *b->owned)) ||
+      !(b->wref = calloc((size_t)n, sizeof *b->wref))) {
     rc = vt_fail(err, VT_ENOMEM, "%s: out of memory", path);
     goto fail;
   }
@@ -884,6 +885,8 @@ static int load_weights(vt_bundle *b, const char *path, vt_err *err) {
         goto fail;
       }
     *e[i].slot = data;
+    b->wref[b->n_wref++] = (vt_weight_ref){
+        .data = data, .numel = t->numel, .slot = (int)(e[i].slot - (const float **)&b->w)};
     b->n_params += t->numel;
   }
   b->weight_bytes = (size_t)b->n_params * sizeof(float); /* resident as float32 */
@@ -975,6 +978,7 @@ void vt_bundle_free(vt_bundle *b) {
   vt_trie_free(&b->keyword_trie);
   for (int i = 0; i < b->n_owned; i++) free(b->owned[i]);
   free(b->owned);
+  free(b->wref);
   vt_st_close(b->st);
   free(b);
 }

@@ -76,6 +76,15 @@ typedef struct vt_weights {
   const float *ln_dec_w, *ln_dec_b, *user_w, *user_b, *prod_w, *prod_b;
 } vt_weights;
 
+/* One weight tensor: where it is on the host, how many floats, and which pointer of vt_weights
+ * (viewed as an array of `const float *`) points at it — so a backend can place a copy of every
+ * weight and build its own vt_weights. */
+typedef struct vt_weight_ref {
+  const float *data;
+  int64_t numel;
+  int slot;
+} vt_weight_ref;
+
 typedef struct vt_bundle {
   char *dir;
   char *model_version;
@@ -92,6 +101,8 @@ typedef struct vt_bundle {
   int64_t n_params;
   size_t weight_bytes;
   vt_weights w;
+  vt_weight_ref *wref; /* (n_wref) every tensor of w */
+  int n_wref;
   /* private: the mapping, converted buffers, the vocabulary hash */
   vt_safetensors *st;
   float **owned;

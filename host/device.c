@@ -6,9 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#ifdef VITRINE_HAVE_CUDA
-#include "kernels/ops_cuda.h"
-#endif
+#include "kernels/backend.h"
 
 int vt_device_parse(const char *spec, int *cuda, int *ordinals, int *n, vt_err *err) {
   *n = 0;
@@ -47,15 +45,12 @@ int vt_device_plan_make(vt_device_plan *p, const char *spec, vt_err *err) {
   int cuda = 0, rc = vt_device_parse(spec, &cuda, p->ordinals, &p->n_devices, err);
   if (rc || !cuda)
     return rc;
-#ifndef VITRINE_HAVE_CUDA
-  p->fell_back = 1;
-  snprintf(p->reason, sizeof p->reason,
-           "this binary was built without CUDA (VITRINE_CUDA=OFF or no nvcc)");
-#else
-  int count = vt_cuda_device_count();
+  char why[160];
+  int count = vt_backend_cuda_devices(why, sizeof why);
   if (count <= 0) {
     p->fell_back = 1;
-    snprintf(p->reason, sizeof p->reason, "no CUDA device answers");
+    p->n_devices = 0;
+    snprintf(p->reason, sizeof p->reason, "%s", why);
     return VT_OK;
   }
   for (int i = 0; i < p->n_devices; i++)
@@ -67,12 +62,6 @@ int vt_device_plan_make(vt_device_plan *p, const char *spec, vt_err *err) {
     for (int i = 0; i < p->n_devices; i++)
       p->ordinals[i] = i;
   }
-  /* The kernels run on these devices (tests/test_cuda_ops.c); the engine does not yet keep its
-   * buffers there, so it runs on the CPU and says so. */
-  p->fell_back = 1;
-  snprintf(p->reason, sizeof p->reason,
-           "%d CUDA device%s found, but the engine's device path is not built yet", count,
-           count == 1 ? "" : "s");
-#endif
+  p->cuda = 1;
   return VT_OK;
 }

@@ -5,10 +5,8 @@
  *   cuda:0,2          these devices, one engine each
  *
  * A request for CUDA that cannot be met falls back to the CPU engines with the reason, which the
- * caller logs: the binary was built without CUDA, no device answers, or (today) the engine's
- * device path is not there yet (the CUDA kernels exist and are tested op by op; the engine still
- * keeps its buffers in host memory). A malformed value or a device number that does not exist on
- * a machine with devices is an error, not a fallback. */
+ * caller logs: the binary was built without CUDA, or no device answers. A malformed value or a
+ * device number that does not exist on a machine with devices is an error, not a fallback. */
 #ifndef VITRINE_HOST_DEVICE_H
 #define VITRINE_HOST_DEVICE_H
 

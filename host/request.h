@@ -8,6 +8,7 @@
 
 #include "bundle.h"
 #include "catalog.h"
+#include "kernels/decode.h"
 #include "status.h"
 
 #define VT_MAX_QUERY_TOKENS 32
@@ -39,31 +40,7 @@ int vt_request_parse(vt_request *r, const char *json, size_t len, const vt_bundl
                      const vt_catalog *c, vt_err *err);
 void vt_request_free(vt_request *r);
 
-#define VT_MAX_SECTIONS 16
-#define VT_MAX_KEYWORDS 16
-#define VT_MAX_PRODUCTS 64
-
-typedef struct vt_hit {
-  int product;
-  int keyword; /* the section's best keyword that retrieves it */
-  float score;
-} vt_hit;
-
-typedef struct vt_section {
-  int theme;
-  float theme_score;
-  int n_keywords;
-  int keyword[VT_MAX_KEYWORDS];
-  float keyword_score[VT_MAX_KEYWORDS];
-  int n_products;
-  vt_hit products[VT_MAX_PRODUCTS];
-} vt_section;
-
-typedef struct vt_storefront {
-  int n_sections;
-  vt_section sections[VT_MAX_SECTIONS];
-  int dropped_events;
-} vt_storefront;
+/* vt_storefront (and its limits VT_MAX_SECTIONS, ...) is the page step's output: kernels/decode.h */
 
 /* The storefront as JSON (malloc'd, NUL-terminated; NULL if out of memory): the fields of
  * train/cascade.py's answer. pretty: indented. */

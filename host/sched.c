@@ -46,8 +46,8 @@ static int warmup_request(vt_request *r, const vt_bundle *b, const vt_catalog *c
 
 static void sleep_us(long us);
 
-int vt_gen_create(vt_gen **out, const vt_bundle *b, vt_catalog *c, int n, int delay_us,
-                  vt_err *err) {
+int vt_gen_create(vt_gen **out, const vt_bundle *b, vt_model *const *models, int n, vt_catalog *c,
+                  int delay_us, int graphs, vt_err *err) {
   *out = NULL;
   vt_gen *g = calloc(1, sizeof *g);
   vt_engine **e = calloc((size_t)(n > 0 ? n : 1), sizeof *e);
@@ -68,9 +68,10 @@ int vt_gen_create(vt_gen **out, const vt_bundle *b, vt_catalog *c, int n, int de
     goto fail;
   if (delay_us > 0)
     sleep_us(delay_us);
+  if ((rc = vt_engines_create(e, models, n, c, err)))
+    goto fail;
   for (int i = 0; i < n; i++) {
-    if ((rc = vt_engine_create(&e[i], b, c, err)))
-      goto fail;
+    vt_engine_set_graphs(e[i], graphs);
     if ((rc = vt_engine_run(e[i], &r, 1, s, NULL, NULL, err)))
       goto fail;
   }

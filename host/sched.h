@@ -32,11 +32,13 @@ typedef struct vt_gen {
   atomic_int refs;
 } vt_gen;
 
-/* Loads nothing: builds n engines for catalogue c (taking ownership of c, also on failure) and
- * runs a warm-up batch through each (delay_us, for tests, is added to the first one). refs starts
- * at 1. */
-int vt_gen_create(vt_gen **out, const vt_bundle *b, vt_catalog *c, int n, int delay_us,
-                  vt_err *err);
+/* Loads nothing: builds one engine per model (device) for catalogue c (taking ownership of c,
+ * also on failure; its tables are placed on every device before the generation exists, so a
+ * reload swaps all devices at once) and runs a warm-up batch through each (delay_us, for tests,
+ * is added to the first one). graphs: the engines replay their decode from CUDA graphs.
+ * refs starts at 1. */
+int vt_gen_create(vt_gen **out, const vt_bundle *b, vt_model *const *models, int n, vt_catalog *c,
+                  int delay_us, int graphs, vt_err *err);
 void vt_gen_ref(vt_gen *g);
 void vt_gen_unref(vt_gen *g); /* frees at zero */
 

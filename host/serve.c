@@ -30,7 +30,7 @@ typedef struct opt {
 
 enum {
   O_BUNDLE, O_CATALOG, O_LISTEN, O_METRICS, O_WORKERS, O_CQ, O_BATCH, O_DELAY, O_CAPACITY,
-  O_EVENTS, O_MSG, O_DRAIN, O_LOGFMT, O_LOGREQ, O_CDELAY, O_DEVICE, O_N
+  O_EVENTS, O_MSG, O_DRAIN, O_LOGFMT, O_LOGREQ, O_CDELAY, O_DEVICE, O_GRAPHS, O_N
 };
 
 static opt OPTS[O_N] = {
@@ -42,7 +42,8 @@ static opt OPTS[O_N] = {
     [O_METRICS] = {"--metrics-listen", "VITRINE_METRICS_LISTEN", "IPV4:PORT|off",
                    "Prometheus endpoint, GET /metrics (port 0: any free port)", "0.0.0.0:9464", 0,
                    0, 0},
-    [O_WORKERS] = {"--workers", "VITRINE_WORKERS", "N", "engine workers (one engine and thread each)",
+    [O_WORKERS] = {"--workers", "VITRINE_WORKERS", "N",
+                   "CPU engine workers (one engine and thread each; on CUDA: one per device)",
                    NULL, 1, 1, 64},
     [O_CQ] = {"--cq-threads", "VITRINE_CQ_THREADS", "N",
               "gRPC completion-queue threads (parse and validate requests)", NULL, 2, 1, 64},
@@ -71,6 +72,9 @@ static opt OPTS[O_N] = {
     [O_DEVICE] = {"--device", "VITRINE_DEVICE", "cpu|cuda|cuda:N,..",
                   "where the engines run (CUDA falls back to the CPU, with a log line, when it "
                   "cannot be used)", "cpu", 0, 0, 0},
+    [O_GRAPHS] = {"--cuda-graphs", "VITRINE_CUDA_GRAPHS", "0|1",
+                  "CUDA engines replay each batch shape's decode from a CUDA graph", NULL, 0, 0,
+                  1},
 };
 
 static void usage(FILE *f) {
@@ -202,12 +206,14 @@ static int next_signal(const sigset_t *sigs) {
 
 static void fmt_long(char *buf, size_t cap, long v) { snprintf(buf, cap, "%ld", v); }
 
-static int reload(vt_sched *s, vt_metrics *m, const vt_bundle *b, const char *dir, int workers) {
+static int reload(vt_sched *s, vt_metrics *m, const vt_bundle *b, vt_model *const *models,
+                  int workers, const char *dir) {
   vt_err err = {0};
   vt_catalog *c = NULL;
   vt_gen *g = NULL;
   int64_t t0 = vt_now_ns();
-  if (vt_catalog_load(&c, dir, b, &err) || vt_gen_create(&g, b, c, workers, 0, &err)) {
+  if (vt_catalog_load(&c, dir, b, &err) ||
+      vt_gen_create(&g, b, models, workers, c, 0, (int)OPTS[O_GRAPHS].ival, &err)) {
     vt_metrics_reload(m, 0);
     vt_log("error", "reload_failed", "catalog", dir, "error", err.msg, NULL);
     return -1;
@@ -274,6 +280,7 @@ int vt_serve_main(int argc, char **argv) {
            "reason", plan.reason, NULL);
   vt_bundle *b = NULL;
   vt_catalog *c = NULL;
+  vt_model *models[VT_MAX_DEVICES] = {0};
   vt_gen *g = NULL;
   vt_sched *s = NULL;
   vt_server *srv = NULL;
@@ -322,8 +329,38 @@ int vt_serve_main(int argc, char **argv) {
   }
   char ncat[160];
   snprintf(ncat, sizeof ncat, "%s", c->catalog_version);
+  /* one backend per engine: a CUDA device each, or --workers CPU ones; the weights go to every
+   * device once (copied device to device after the first) and stay across reloads */
+  if (plan.cuda)
+    workers = plan.n_devices;
+  {
+    vt_backend *bes[VT_MAX_DEVICES] = {0};
+    for (int i = 0; i < workers; i++) {
+      char name[16], why[256];
+      if (plan.cuda)
+        snprintf(name, sizeof name, "cuda:%d", plan.ordinals[i]);
+      else
+        snprintf(name, sizeof name, "cpu");
+      if (vt_backend_open(&bes[i], name, why, sizeof why)) {
+        vt_log("error", "load_failed", "device", name, "error", why, NULL);
+        for (int k = 0; k < i; k++)
+          vt_backend_close(bes[k]);
+        goto done;
+      }
+    }
+    if (vt_models_create(models, bes, workers, b, &err)) { /* takes bes */
+      vt_log("error", "load_failed", "error", err.msg, NULL);
+      goto done;
+    }
+    for (int i = 0; i < workers; i++) {
+      char w[16];
+      fmt_long(w, sizeof w, i);
+      vt_log("info", "engine", "worker", w, "device", vt_model_backend(models[i])->name, NULL);
+    }
+  }
   /* takes c; builds the engines and runs a warm-up batch through each */
-  if (vt_gen_create(&g, b, c, workers, (int)OPTS[O_CDELAY].ival, &err)) {
+  if (vt_gen_create(&g, b, models, workers, c, (int)OPTS[O_CDELAY].ival,
+                    (int)OPTS[O_GRAPHS].ival, &err)) {
     vt_log("error", "warmup_failed", "error", err.msg, NULL);
     goto done;
   }
@@ -356,7 +393,7 @@ int vt_serve_main(int argc, char **argv) {
   for (;;) {
     sig = next_signal(&sigs);
     if (sig == SIGHUP) {
-      reload(s, m, b, OPTS[O_CATALOG].sval, workers);
+      reload(s, m, b, models, workers, OPTS[O_CATALOG].sval);
       continue;
     }
     break;
@@ -397,6 +434,8 @@ done:
   vt_sched_free(s);
   vt_server_stop(srv, 0);
   vt_gen_unref(g);
+  for (int i = 0; i < VT_MAX_DEVICES; i++)
+    vt_model_free(models[i]);
   vt_metrics_free(m);
   vt_bundle_free(b);
   return status;

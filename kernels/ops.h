@@ -75,13 +75,8 @@ void vt_attention(float *out, const float *qkv, const int64_t *ts, const int32_t
 void vt_cross_attention(float *out, const float *q, const float *kv, const int32_t *qoff,
                         const int32_t *kvoff, int B, int C, int NH);
 
-/* Decoder causal self-attention of one new position per row, through a KV pool with an
- * indirection table, so reordering beams never copies cached keys and values:
- * row r's positions 0 .. T-1 live in pool rows slot[r * maxT + t] of kpool / vpool (S, C); the new
- * position T's k and v must already be written to its slot, slot[r * maxT + T] (so T < maxT); the
- * query attends to positions 0 .. T, T + 1 keys. q (nrows, C); out (nrows, C). */
-void vt_decoder_attention(float *out, const float *q, const float *kpool, const float *vpool,
-                          const int32_t *slot, int nrows, int T, int maxT, int C, int NH);
+/* The decoder's attentions over beam rows (self, through a slot-indirected KV pool, and cross, to
+ * each row's memory) are kernels/decode.h's vt_dec_self_attention and vt_dec_cross_attention. */
 
 /* One step of masked constrained beam search over a CSR trie.
  * For each live beam b (rank order) with hidden state h[b] (C,) and trie node node[b]:

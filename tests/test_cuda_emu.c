@@ -362,6 +362,20 @@ Test(emu_launch, trap_is_a_launch_failure) {
   expect_sticky(cudaErrorLaunchFailure);
 }
 
+/* An injected failure fails the chosen launches only, as a refused launch (not sticky). */
+Test(emu_launch, injected_failure_fails_the_chosen_launches_only) {
+  float *d = dalloc(64 * 4), h[64];
+  vt_emu_fail_kernel("fill", 1, 2);
+  CU(st_fill(d, 64, 1.0f, NULL)); /* skipped */
+  FAILS(st_fill(d, 64, 2.0f, NULL), cudaErrorLaunchOutOfResources, "failure injected");
+  FAILS(st_fill(d, 64, 3.0f, NULL), cudaErrorLaunchOutOfResources, "failure injected");
+  CU(st_increment(d, 64, NULL)); /* another kernel's name */
+  CU(st_fill(d, 32, 4.0f, NULL)); /* count spent */
+  CU(cudaMemcpy(h, d, sizeof h, cudaMemcpyDeviceToHost));
+  cr_assert(h[0] == 4.0f && h[63] == 2.0f, "the failed launches ran nothing: %g %g", h[0], h[63]);
+  vt_emu_fail_kernel(NULL, 0, 0);
+}
+
 Test(emu_launch, atomics_and_syncthreads_count) {
   for (int o = 0; o < 3; o++) {
     vt_emu_set_order(orders[o], 9);

@@ -536,18 +536,20 @@ static void cuda_attention_cross_groups(void) {
 
 static void cuda_attention_decoder_slots(void) {
   rng_seed(109);
-  // nrows, T, maxT, C, NH
-  static const int cases[][5] = {
-      {1, 0, 1, 36, 3},    {5, 7, 9, 36, 3},   {3, 40, 48, 64, 8},
-      {4, 70, 72, 40, 10}, {2, 31, 33, 12, 1}};
+  // cap, live rows, T (the largest position), maxT, C, NH
+  static const int cases[][6] = {
+      {1, 1, 0, 1, 36, 3},    {5, 5, 7, 9, 36, 3},     {6, 3, 40, 48, 64, 8},
+      {4, 4, 70, 72, 40, 10}, {3, 2, 31, 33, 12, 1},   {4, 0, 5, 8, 36, 3}};
   for (int cs = 0; cs < (int)(sizeof cases / sizeof cases[0]); cs++) {
-    const int nrows = cases[cs][0], T = cases[cs][1], maxT = cases[cs][2], C = cases[cs][3];
-    const int NH = cases[cs][4];
-    const int S = nrows * maxT + 3; // the pool, a little larger than needed
-    float *q = rand_floats((size_t)nrows * C, -1.0f, 1.0f);
+    const int cap = cases[cs][0], live = cases[cs][1], T = cases[cs][2], maxT = cases[cs][3];
+    const int C = cases[cs][4], NH = cases[cs][5];
+    const int S = cap * maxT + 3; // the pool, a little larger than needed
+    float *q = rand_floats((size_t)cap * C, -1.0f, 1.0f);
     float *kp = rand_floats((size_t)S * C, -1.0f, 1.0f), *vp = rand_floats((size_t)S * C, -1, 1);
-    // slots: a random permutation of the pool rows, so rows interleave in the pool
-    int32_t *perm = xmalloc((size_t)S * 4), *slot = xmalloc((size_t)nrows * maxT * 4);
+    // slots: a random permutation of the pool rows, so rows interleave in the pool; each row at
+    // its own position (the last row at T)
+    int32_t *perm = xmalloc((size_t)S * 4), *slot = xmalloc((size_t)cap * maxT * 4);
+    int32_t *pos = xmalloc((size_t)cap * 4);
     for (int i = 0; i < S; i++) {
       perm[i] = i;
     }
@@ -557,20 +559,37 @@ static void cuda_attention_decoder_slots(void) {
       perm[i] = perm[j];
       perm[j] = t;
     }
-    for (int i = 0; i < nrows * maxT; i++) {
+    for (int i = 0; i < cap * maxT; i++) {
       slot[i] = perm[i];
     }
-    const size_t n = (size_t)nrows * C;
+    for (int r = 0; r < cap; r++) {
+      pos[r] = r == cap - 1 ? T : rng_int(T + 1);
+    }
+    const size_t n = (size_t)cap * C;
     float *want = xmalloc(n * 4), *got = xmalloc(n * 4);
-    vt_decoder_attention(want, q, kp, vp, slot, nrows, T, maxT, C, NH);
+    for (size_t i = 0; i < n; i++) {
+      want[i] = NAN; // rows past the live count keep the fill
+    }
+    const vt_beam_rows hrows = {.pos = pos, .slots = slot, .n = (int32_t *)&live};
+    vt_dec_self_attention(want, q, kp, vp, hrows, cap, maxT, C, NH);
+    memset(want + (size_t)live * C, 0xFF, (n - (size_t)live * C) * 4);
     float *dout = d_out_floats(n);
-    CK(vt_decoder_attention_cuda(dout, d_in(q, n * 4), d_in(kp, (size_t)S * C * 4),
-                                 d_in(vp, (size_t)S * C * 4),
-                                 d_in(slot, (size_t)nrows * maxT * 4), nrows, T, maxT, C, NH,
-                                 NULL));
-    d_get(got, dout, n * 4, "decoder_attention");
-    check_close(got, want, n, 2e-5, "decoder_attention", cs);
-    free(q), free(kp), free(vp), free(perm), free(slot), free(want), free(got);
+    vt_beam_rows drows = {0};
+    drows.pos = d_in(pos, (size_t)cap * 4);
+    drows.slots = d_in(slot, (size_t)cap * maxT * 4);
+    drows.mem = drows.pos; // not read by the self-attention
+    drows.n = d_in(&live, 4);
+    CK(vt_dec_self_attention_cuda(dout, d_in(q, n * 4), d_in(kp, (size_t)S * C * 4),
+                                  d_in(vp, (size_t)S * C * 4), drows, cap, maxT, C, NH, NULL));
+    d_get(got, dout, n * 4, "dec_self_attention");
+    check_close(got, want, (size_t)live * C, 2e-5, "dec_self_attention", cs);
+    for (size_t i = (size_t)live * C; i < n; i++) {
+      uint32_t bits;
+      memcpy(&bits, &got[i], 4);
+      cr_assert_eq(bits, 0xFFFFFFFFu, "dec_self_attention, case %d: dead row written at %zu", cs,
+                   i);
+    }
+    free(q), free(kp), free(vp), free(perm), free(slot), free(pos), free(want), free(got);
     dev_free_all();
   }
 }
@@ -595,17 +614,31 @@ static int check_beam(const float *h, const int32_t *node, const float *score, i
   const int want_n = vt_beam_step(par, tok, nd, sc, ph, h, node, score, nbeams, tok_emb, indptr,
                                   token, child, phrase, C, width, scratch);
 
+  // the device's segmented beam step (vt_beam_select_cuda) with one search of nbeams rows
   const int E = indptr[NN];
   int32_t *dpar = d_out_ints(wn), *dtok = d_out_ints(wn), *dnd = d_out_ints(wn);
   int32_t *dph = d_out_ints(wn), *dcount = d_out_ints(1);
   float *dsc = d_out_floats(wn);
-  const size_t nscr = (size_t)nbeams + 1 + total; // the CUDA bound, exactly
+  const size_t nscr = vt_beam_select_scratch(nbeams, total) / 4;
   float *dscr = d_out_floats(nscr);
-  CK(vt_beam_step_cuda(dpar, dtok, dnd, dsc, dph, d_in(h, (size_t)nbeams * C * 4),
-                       d_in(node, (size_t)nbeams * 4), d_in(score, (size_t)nbeams * 4),
-                       nbeams, d_in(tok_emb, (size_t)V * C * 4), d_in(indptr, (size_t)(NN + 1) * 4),
-                       d_in(token, (size_t)E * 4), d_in(child, (size_t)E * 4),
-                       d_in(phrase, (size_t)NN * 4), C, width, dscr, dcount, NULL));
+  const int32_t one = 1, zero = 0, nb = nbeams;
+  vt_beam_rows rows = {0};
+  rows.node = d_in(node, (size_t)nbeams * 4);
+  rows.score = d_in(score, (size_t)nbeams * 4);
+  rows.n = d_in(&nb, 4);
+  vt_beam_groups g = {0};
+  g.width = d_in(&width, 4);
+  g.n_best = g.n_fin = g.fin_phrase = g.fin_len = d_in(&one, 4);
+  g.row0 = g.state = d_in(&zero, 4);
+  g.pos = d_in(&zero, 4);
+  g.n_rows = d_in(&nb, 4);
+  g.fin_score = d_out_floats(1);
+  g.fin_cap = 1;
+  vt_beam_picks picks = {dpar, dtok, dnd, dph, dsc, dcount};
+  const vt_trie_csr trie = {d_in(indptr, (size_t)(NN + 1) * 4), d_in(token, (size_t)E * 4),
+                            d_in(child, (size_t)E * 4), d_in(phrase, (size_t)NN * 4)};
+  CK(vt_beam_select_cuda(picks, d_in(h, (size_t)nbeams * C * 4), rows, g, 1, nbeams, wn,
+                         d_in(tok_emb, (size_t)V * C * 4), trie, C, dscr, NULL));
   int32_t count;
   d_get(&count, dcount, 4, "beam out_count");
   cr_assert_eq(count, want_n, "beam, case %d: count %d, want %d", cs, count, want_n);
@@ -911,13 +944,18 @@ static void cuda_args_invalid_arguments_are_errors(void) {
   cr_assert_eq(vt_attention_cuda(f, f, NULL, i4, f, 1, 36, 5, NULL), VT_CUDA_EINVAL); // C % NH
   cr_assert_eq(vt_attention_cuda(f, f, NULL, i4, f, 1, 20000, 4, NULL), VT_CUDA_EINVAL);
   cr_assert_eq(vt_cross_attention_cuda(f, f, f, i4, i4, -1, 36, 3, NULL), VT_CUDA_EINVAL);
-  cr_assert_eq(vt_decoder_attention_cuda(f, f, f, f, i4, 1, 4, 4, 36, 3, NULL), VT_CUDA_EINVAL);
+  const vt_beam_rows no_rows = {0};
+  cr_assert_eq(vt_dec_self_attention_cuda(f, f, f, f, no_rows, 1, 4, 36, 3, NULL),
+               VT_CUDA_EINVAL);
   const float *tabs[17] = {0};
   cr_assert_eq(vt_event_embed_cuda(f, i4, i4, i4, f, f, i4, tabs, f, f, f, f, f, f, f, f, f, 1,
                                    4, 17, 1, 2, NULL),
                VT_CUDA_EINVAL); // L > VT_CUDA_MAX_LEVELS
-  cr_assert_eq(vt_beam_step_cuda(i4, i4, i4, f, i4, f, i4, f, -1, f, i4, i4, i4, i4, 4, 2, f,
-                                 NULL, NULL),
+  const vt_beam_groups no_groups = {0};
+  const vt_beam_picks no_picks = {0};
+  const vt_trie_csr no_trie = {0};
+  cr_assert_eq(vt_beam_select_cuda(no_picks, f, no_rows, no_groups, 1, 1, 1, f, no_trie, 4, f,
+                                   NULL),
                VT_CUDA_EINVAL);
   cr_assert_eq(vt_topk_cuda(i4, f, f, i4, -1, 3, i4, NULL), VT_CUDA_EINVAL);
   cr_assert_eq(vt_retrieval_scores_cuda(f, f, f, NULL, 3, 4, NULL), VT_CUDA_EINVAL);

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/decode.h"
 #include "kernels/ops.h"
 
 /* ---- test utilities --------------------------------------------------------------------- */
@@ -618,7 +619,9 @@ Test(attention, decoder_slots_and_causality) {
       }
     }
     float *out = gfloats((size_t)nrows * C);
-    vt_decoder_attention(out, q, kpool, vpool, slot, nrows, T, maxT, C, NH);
+    int32_t pos[3] = {T, T, T}, live = nrows;
+    const vt_beam_rows rows = {.pos = pos, .slots = slot, .n = &live};
+    vt_dec_self_attention(out, q, kpool, vpool, rows, nrows, maxT, C, NH);
     ASSERT_GUARD(out, (size_t)nrows * C);
     double s[8], y[16];
     const float *v[8];
@@ -632,7 +635,7 @@ Test(attention, decoder_slots_and_causality) {
         ref_softmax_sum(y, s, v, T + 1, HS);
         for (int d = 0; d < HS; d++) {
           const int at = r * C + h * HS + d;
-          ASSERT_CLOSE(out[at], y[d], 1e-5, "decoder_attention", at);
+          ASSERT_CLOSE(out[at], y[d], 1e-5, "dec_self_attention", at);
           if (T == 0) { // one key: weight exactly 1
             cr_assert_eq(out[at], v[0][d], "T=0 must copy v exactly");
           }

@@ -21,6 +21,7 @@
 #include <math.h>
 #include <stddef.h>
 
+#include "kernels/decode.h"
 #include "kernels/ops.h"
 
 #define ATT_HEADS 8 /* heads whose online-softmax state vt_attention keeps at once (on the stack) */
@@ -126,12 +127,16 @@ void vt_cross_attention(float *out, const float *q, const float *kv, const int32
   }
 }
 
-void vt_decoder_attention(float *out, const float *q, const float *kpool, const float *vpool,
-                          const int32_t *slot, int nrows, int T, int maxT, int C, int NH) {
+/* The decoder's attentions over beam rows (kernels/decode.h): the same online softmax per
+ * (row, head), keys through the row's slot table (self) or its request's memory rows (cross). */
+void vt_dec_self_attention(float *out, const float *q, const float *kpool, const float *vpool,
+                           vt_beam_rows rows, int cap, int maxT, int C, int NH) {
   const int HS = C / NH;
   const float scale = (float)(1.0 / sqrt((double)HS));
-  for (int r = 0; r < nrows; r++) {
-    const int32_t *rs = slot + (size_t)r * maxT; // (maxT,) pool row of each position of row r
+  const int n = *rows.n < cap ? *rows.n : cap;
+  for (int r = 0; r < n; r++) {
+    const int32_t *rs = rows.slots + (size_t)r * maxT; // (maxT,) pool row of each position
+    const int T = rows.pos[r];
     for (int h = 0; h < NH; h++) {
       const float *qi = q + (size_t)r * C + (size_t)h * HS; // (HS,)
       float *acc = out + (size_t)r * C + (size_t)h * HS;    // (HS,)
@@ -141,6 +146,29 @@ void vt_decoder_attention(float *out, const float *q, const float *kpool, const 
       for (int t = 0; t <= T; t++) {
         const float *k = kpool + (size_t)rs[t] * C + (size_t)h * HS; // (HS,)
         const float *v = vpool + (size_t)rs[t] * C + (size_t)h * HS; // (HS,)
+        online_softmax_step(acc, &m, &l, dot(qi, k, HS) * scale, v, HS);
+      }
+      online_softmax_finish(acc, l, HS);
+    }
+  }
+}
+
+void vt_dec_cross_attention(float *out, const float *q, const float *xkv, vt_beam_rows rows,
+                            int cap, int NQ, int C, int NH) {
+  const int HS = C / NH;
+  const float scale = (float)(1.0 / sqrt((double)HS));
+  const size_t C2 = (size_t)2 * C; // xkv row stride
+  const int n = *rows.n < cap ? *rows.n : cap;
+  for (int r = 0; r < n; r++) {
+    const float *kv = xkv + (size_t)rows.mem[r] * NQ * C2; // (NQ, 2C) the request's memory
+    for (int h = 0; h < NH; h++) {
+      const float *qi = q + (size_t)r * C + (size_t)h * HS; // (HS,)
+      float *acc = out + (size_t)r * C + (size_t)h * HS;    // (HS,)
+      float m = -FLT_MAX, l = 0.0f;
+      zero(acc, HS);
+      for (int j = 0; j < NQ; j++) {
+        const float *k = kv + (size_t)j * C2 + (size_t)h * HS;     // (HS,)
+        const float *v = kv + (size_t)j * C2 + C + (size_t)h * HS; // (HS,)
         online_softmax_step(acc, &m, &l, dot(qi, k, HS) * scale, v, HS);
       }
       online_softmax_finish(acc, l, HS);

@@ -76,6 +76,65 @@ __device__ __forceinline__ float block_max(float v, float *shared) {
   return warp_max(v);
 }
 
+/* Exclusive prefix sum of v over the block (blockDim a multiple of 32, at most 1024); *total
+ * receives the block's sum. shared: 32 ints. Contains barriers: every thread must call it. */
+__device__ __forceinline__ int block_exclusive_scan(int v, int *shared, int *total) {
+  const int lane = threadIdx.x % WARP, wid = threadIdx.x / WARP, nw = blockDim.x / WARP;
+  int x = v; // inclusive within the warp
+  for (int o = 1; o < WARP; o *= 2) {
+    const int y = __shfl_up_sync(0xffffffffu, x, o);
+    if (lane >= o) {
+      x += y;
+    }
+  }
+  __syncthreads(); // shared may still be read by a previous call
+  if (lane == WARP - 1) {
+    shared[wid] = x;
+  }
+  __syncthreads();
+  if (wid == 0) {
+    int t = lane < nw ? shared[lane] : 0;
+    for (int o = 1; o < WARP; o *= 2) {
+      const int y = __shfl_up_sync(0xffffffffu, t, o);
+      if (lane >= o) {
+        t += y;
+      }
+    }
+    if (lane < nw) {
+      shared[lane] = t; // inclusive sums of the warps' totals
+    }
+  }
+  __syncthreads();
+  *total = shared[nw - 1];
+  return (wid > 0 ? shared[wid - 1] : 0) + x - v;
+}
+
+/* The order of the best min(n, n_fin) finished hypotheses (higher score, then lower phrase id):
+ * positions into order, returns the count. One thread; n is a handful (kernels/cpu/rank.h). */
+__device__ __forceinline__ int rank_finished_dev(int32_t *order, const float *score,
+                                                 const int32_t *phrase, int n_fin, int n) {
+  uint64_t taken[VT_MAX_FINISHED / 64];
+  for (int i = 0; i < VT_MAX_FINISHED / 64; i++) {
+    taken[i] = 0;
+  }
+  int k = 0;
+  for (; k < n && k < n_fin; k++) {
+    int best = -1;
+    for (int f = 0; f < n_fin; f++) {
+      if (taken[f / 64] >> (f % 64) & 1u) {
+        continue;
+      }
+      if (best < 0 || score[f] > score[best] ||
+          (score[f] == score[best] && phrase[f] < phrase[best])) {
+        best = f;
+      }
+    }
+    order[k] = best;
+    taken[best / 64] |= (uint64_t)1 << (best % 64);
+  }
+  return k;
+}
+
 /* vt_time_bucket on the device: clamp(floor(ln(max(|a - b|, 1)) / 0.301), 0, 128) in double. */
 __device__ __forceinline__ int time_bucket_dev(int64_t a, int64_t b) {
   uint64_t d = a >= b ? (uint64_t)a - (uint64_t)b : (uint64_t)b - (uint64_t)a;

@@ -20,7 +20,8 @@ struct code_tables {
   const float *t[VT_CUDA_MAX_LEVELS]; // (K+2, C) each
 };
 
-static __global__ void event_embed_kernel(float *out, const int32_t *codes, const int32_t *action,
+static __global__ void __launch_bounds__(EMBED_THREADS)
+    event_embed_kernel(float *out, const int32_t *codes, const int32_t *action,
                                           const int32_t *qtok, const float *x, const float *cal,
                                           const int32_t *region, code_tables code_emb,
                                           const float *action_emb, const float *region_emb,

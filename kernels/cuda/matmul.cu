@@ -19,7 +19,8 @@
 
 #define EPILOGUE_THREADS 256
 
-static __global__ void bias_act_kernel(float *out, const float *b, int N, int OUT, int gelu) {
+static __global__ void __launch_bounds__(EPILOGUE_THREADS)
+    bias_act_kernel(float *out, const float *b, int N, int OUT, int gelu) {
   const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= (size_t)N * OUT) {
     return;

@@ -23,7 +23,8 @@
 #define TOPK_CHUNK (TOPK_THREADS * TOPK_ITEMS) /* pairs per stage-1 block */
 #define TOPK_FINAL_THREADS 1024                /* the single-block selection */
 
-static __global__ void retrieval_scores_kernel(float *out, const float *u, const float *emb,
+static __global__ void __launch_bounds__(SCORE_THREADS)
+    retrieval_scores_kernel(float *out, const float *u, const float *emb,
                                                const int32_t *idx, int n, int R) {
   const int warps = blockDim.x / WARP;
   const int i = blockIdx.x * warps + threadIdx.x / WARP;
@@ -52,7 +53,8 @@ static __device__ __forceinline__ sel_key pair_key(const float *score, const int
 }
 
 /* Stage 1: block b's best min(k, chunk) positions of pairs b*TOPK_CHUNK .., unordered. */
-static __global__ void topk_chunk_kernel(int32_t *cand, const float *score, const int32_t *id,
+static __global__ void __launch_bounds__(TOPK_THREADS)
+    topk_chunk_kernel(int32_t *cand, const float *score, const int32_t *id,
                                          int n, int k) {
   __shared__ sel_key shared[WARP];
   const int p0 = blockIdx.x * TOPK_CHUNK;
@@ -82,7 +84,8 @@ static __global__ void topk_chunk_kernel(int32_t *cand, const float *score, cons
 }
 
 /* The final selection over m items: positions cand[0 .. m-1], or (cand NULL) all of 0 .. m-1. */
-static __global__ void topk_select_kernel(int32_t *out_id, float *out_score, const float *score,
+static __global__ void __launch_bounds__(TOPK_FINAL_THREADS)
+    topk_select_kernel(int32_t *out_id, float *out_score, const float *score,
                                           const int32_t *id, const int32_t *cand, int m, int k) {
   __shared__ sel_key shared[WARP];
   auto load = [&](int i) { return pair_key(score, id, cand != NULL ? cand[i] : i); };

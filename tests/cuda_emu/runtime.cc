@@ -9,6 +9,7 @@
  * stream while a blocking stream of its device captures returns cudaErrorStreamCaptureImplicit.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -16,6 +17,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <unordered_set>
 #include <vector>
@@ -371,6 +373,52 @@ size_t max_dynamic_shmem(const void *fn, int dev) {
   return it == dyn_smem_limit.end() ? DEFAULT_SHMEM : it->second;
 }
 
+/* ---- injected launch failures (vt_emu_fail_kernel, VT_EMU_FAIL_KERNEL) ------------------------ */
+
+namespace {
+std::mutex fail_mu;
+std::string fail_name; // "" : none
+int fail_skip, fail_count;
+std::once_flag fail_once;
+
+void fail_from_env(void) {
+  const char *s = getenv("VT_EMU_FAIL_KERNEL"); // name[:skip[:count]]
+  if (s == nullptr || *s == 0) {
+    return;
+  }
+  std::string v(s);
+  int skip = 0, count = 1;
+  const size_t c1 = v.find(':');
+  if (c1 != std::string::npos) {
+    skip = atoi(v.c_str() + c1 + 1);
+    const size_t c2 = v.find(':', c1 + 1);
+    if (c2 != std::string::npos) {
+      count = atoi(v.c_str() + c2 + 1);
+    }
+    v.resize(c1);
+  }
+  std::lock_guard<std::mutex> lock(fail_mu); // inside call_once: set directly
+  fail_name = v;
+  fail_skip = skip > 0 ? skip : 0;
+  fail_count = count;
+}
+
+/* Whether this launch of `name` is one to fail. */
+bool fail_now(const char *name) {
+  std::call_once(fail_once, fail_from_env);
+  std::lock_guard<std::mutex> lock(fail_mu);
+  if (fail_name.empty() || fail_count <= 0 || strstr(name, fail_name.c_str()) == nullptr) {
+    return false;
+  }
+  if (fail_skip > 0) {
+    fail_skip--;
+    return false;
+  }
+  fail_count--;
+  return true;
+}
+} // namespace
+
 /* ---- launches (vt_emu_kernel.h) ----------------------------------------------------------- */
 
 void launch(const launch_site &site, dim3 grid, dim3 block, size_t shmem, cudaStream_t h,
@@ -399,6 +447,12 @@ void launch(const launch_site &site, dim3 grid, dim3 block, size_t shmem, cudaSt
     set_last(e);
     return;
   }
+  if (fail_now(site.name)) {
+    diag("kernel %s (launched at %s:%d): failure injected (VT_EMU_FAIL_KERNEL) -> "
+         "cudaErrorLaunchOutOfResources", site.name, short_path(site.file), site.line);
+    set_last(cudaErrorLaunchOutOfResources);
+    return;
+  }
   (void)submit(s, site.name, [lc, body, dev] { return run_kernel(lc, body.get(), dev); });
 }
 
@@ -418,6 +472,14 @@ cudaError_t symbol_copy(void *dst, const void *src, size_t count, int to_symbol)
 /* ---- the C API ------------------------------------------------------------------------------ */
 
 extern "C" {
+
+void vt_emu_fail_kernel(const char *name_part, int skip, int count) {
+  std::call_once(vt_emu::fail_once, [] {}); // a call overrides the environment
+  std::lock_guard<std::mutex> lock(vt_emu::fail_mu);
+  vt_emu::fail_name = name_part != nullptr ? name_part : "";
+  vt_emu::fail_skip = skip > 0 ? skip : 0;
+  vt_emu::fail_count = count;
+}
 
 cudaError_t cudaGetLastError(void) { return peek_last(1); }
 cudaError_t cudaPeekAtLastError(void) { return peek_last(0); }

@@ -222,9 +222,11 @@ def test_options_from_env_and_flags_and_json_logs(server_factory):
         rec = json.loads(line)  # one JSON object per line
         assert {"ts", "level", "event"} <= rec.keys()
     events = [json.loads(ln)["event"] for ln in srv.lines]
-    assert events[:2] == ["listening", "serving"] and "draining" in events
+    # listening, one line per engine (worker and device), serving
+    assert events[:4] == ["listening", "engine", "engine", "serving"] and "draining" in events
+    assert [json.loads(ln)["device"] for ln in srv.lines[1:3]] == ["cpu", "cpu"]
     assert events[-1] == "stopped"
-    assert isinstance(json.loads(srv.lines[1])["grpc_port"], int)
+    assert isinstance(json.loads(srv.lines[3])["grpc_port"], int)
 
 
 def test_max_message_size_option(server_factory, fixture_requests):

@@ -8,6 +8,8 @@
  *   VT_EMU_DROP_BARRIER=file:line                one __syncthreads site made a no-op
  *   VT_EMU_STACK_KIB=n                           fiber stack size (default 64, 256 under ASan)
  *   VT_EMU_DEVICE_MEM_MIB=n                      each device's memory (default 80 GiB)
+ *   VT_EMU_FAIL_KERNEL=name[:skip[:count]]       launches of a kernel whose name contains `name`
+ *                                                fail (see vt_emu_fail_kernel)
  */
 #ifndef VT_EMU_H
 #define VT_EMU_H
@@ -74,6 +76,13 @@ int vt_emu_barrier_sites(char (*out)[128], int max);
 
 /* Forgets the sites vt_emu_barrier_sites lists. */
 void vt_emu_clear_barrier_sites(void);
+
+/* Fault injection: after `skip` launches of kernels whose name contains name_part, the next
+ * `count` such launches fail as a launch the hardware refuses would (cudaErrorLaunchOutOfResources
+ * from cudaGetLastError, not sticky, the kernel not run; a "vt_emu:" diagnostic names it), so
+ * tests can show that a failed op fails its batch and the next one is served. NULL or count 0:
+ * none. Overrides VT_EMU_FAIL_KERNEL. */
+void vt_emu_fail_kernel(const char *name_part, int skip, int count);
 
 #ifdef __cplusplus
 }
