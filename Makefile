@@ -7,7 +7,7 @@ REQUEST ?= train/demo_request.json
 MODEL_SRC := train/shop.py train/model.py train/data.py train/vocab.py train/calendar.py train/train.py
 
 .PHONY: all deps configure build demo test bundle golden eval parity bench-cpu check-asan \
-	check-valgrind beauty-eval bench-serve clean
+	check-valgrind beauty-eval bench-serve gpu-pack clean
 
 all: build
 
@@ -79,14 +79,16 @@ BEAUTY_DATA ?= ../shared/data/amazon-beauty
 beauty-eval: build
 	scripts/beauty.sh $(BEAUTY_DATA)
 
-# the C tests under AddressSanitizer + UndefinedBehaviorSanitizer (a separate build tree); any
+# the C tests under AddressSanitizer + UndefinedBehaviorSanitizer (a separate build tree), the
+# CUDA emulator's (*_emu: every CUDA op and the whole cascade on an emulated device) included; any
 # sanitizer report in the log fails the target, as a report inside a Criterion worker may not.
 # The server's tests are left out: they run the server under valgrind (which cannot run an ASan
-# binary) and time cancellations that a sanitized build is too slow for.
+# binary) and time cancellations that a sanitized build is too slow for; so is the GPU pack's
+# (it packs binaries, it runs none).
 check-asan: deps
 	@cmake -S . -B $(BUILD)-asan -DVITRINE_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
 	@cmake --build $(BUILD)-asan -j2
-	cd $(BUILD)-asan && ctest --output-on-failure -E "reference_model|server"
+	cd $(BUILD)-asan && ctest --output-on-failure -E "reference_model|server|gpu_pack"
 	@! grep -E "ERROR: (Address|Leak)Sanitizer|runtime error:" $(BUILD)-asan/Testing/Temporary/LastTest.log
 
 # valgrind on the CLI, for a storefront and for a refused request: no errors, no leaks
@@ -99,5 +101,22 @@ check-valgrind: build bundle
 	  --catalog $(DEMO)/catalog --request - 2>$(BUILD)/valgrind-refused.log; test $$? -eq 2
 	grep -q "sections must be" $(BUILD)/valgrind-refused.log
 
+# What a lent GPU machine runs (tests/gpu/run.sh), prebuilt here: it has CUDA but none of the
+# project's Debian libraries. The binaries with CUDA for sm_90 (the H100/H200), every library they
+# need outside glibc/libstdc++/CUDA, the fixture and the demo bundle with its golden file and
+# requests, in one file under 48 MiB (tests/gpu/pack.py). Run it there as
+#   run(command="tests/gpu/run.sh gpu-pack/vitrine-gpu.tar.xz", carry=["gpu-pack"])
+GPU_BUILD := $(BUILD)-gpu
+gpu-pack: deps golden
+	@cmake -S . -B $(GPU_BUILD) -DCMAKE_BUILD_TYPE=Release -DVITRINE_CUDA=ON \
+	  -DCMAKE_CUDA_ARCHITECTURES=90 -DVITRINE_CUDA_EMU=OFF >/dev/null
+	@cmake --build $(GPU_BUILD) -j2 --target vitrine vitrine-bench bench_engine bench_cuda_kernels \
+	  test_cuda_ops test_backend test_decode_ops test_device_parity test_parity
+	@[ -f $(GPU_BUILD)/fixture/golden.safetensors ] || $(PY) -m train.fixture --out $(GPU_BUILD)/fixture
+	@[ -f $(DEMO)/requests.jsonl ] || $(PY) -m train.requests --shop $(DEMO)/shop.json \
+	  --out $(DEMO)/requests.jsonl --n 512
+	$(PY) tests/gpu/pack.py --build $(GPU_BUILD) --fixture $(GPU_BUILD)/fixture --demo $(DEMO) \
+	  --out gpu-pack/vitrine-gpu.tar.xz
+
 clean:
-	rm -rf $(BUILD) $(BUILD)-asan
+	rm -rf $(BUILD) $(BUILD)-asan $(GPU_BUILD) gpu-pack

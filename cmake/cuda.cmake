@@ -90,3 +90,13 @@ if(NOT VITRINE_HAVE_CUDA)
   target_link_libraries(vitrine_nocuda PUBLIC vitrine_kernels)
   set(VITRINE_CUDA_IMPL vitrine_nocuda)
 endif()
+
+if(VITRINE_HAVE_CUDA)
+  # `make test`: the GPU pack (tests/gpu/pack.py, `make gpu-pack`) made from this build's CUDA
+  # binaries is complete and small enough, and its check catches what it is for
+  add_test(NAME gpu_pack
+           COMMAND /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/gpu/test_pack.py
+           WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+  set_tests_properties(gpu_pack PROPERTIES FIXTURES_REQUIRED fixture TIMEOUT 600
+                       ENVIRONMENT "VT_BUILD=${CMAKE_BINARY_DIR};VT_FIXTURE=${CMAKE_BINARY_DIR}/fixture")
+endif()

@@ -1,65 +1,210 @@
 #!/usr/bin/env bash
-# The CUDA backend on a GPU machine, in one command: configure build-gpu with VITRINE_CUDA=ON,
-# build the kernel tests (everything with VT_GPU_ALL=1), run them through ctest (the CUDA ops
-# against the CPU reference, and the CPU kernels themselves), then print one line per CUDA
-# test: op, status (PASS, FAIL, SKIP with its reason, or CRASH). Then build and run the kernel
-# benchmark (bench/bench_cuda_kernels.c: every op at the model's shapes against the card's copy
-# bandwidth and SGEMM rate), which prints its table last and writes $BUILD/bench_cuda_kernels.json.
-#   tests/gpu/run.sh            kernel tests only (no Python or fixture needed), then the benchmark
-#   VT_GPU_ALL=1 tests/gpu/run.sh   every ctest test (needs the Python reference with torch)
-#   VT_GPU_BENCH=0 tests/gpu/run.sh   the tests without the benchmark
-#   BUILD=dir tests/gpu/run.sh  another build directory
-# Exits non-zero if the build, any test or the benchmark fails; a SKIP in the table on a GPU
-# machine means the device was not usable (its reason is printed) and also exits non-zero, as
-# does the benchmark (--require-gpu).
+# Everything a lent GPU machine should show, in one command that fits in 8 minutes on an H100:
+#   1. the CUDA tests: every op against the CPU (test_cuda_ops, test_backend, test_decode_ops)
+#      and the whole cascade against the CPU engine (test_device_parity, on the fixture's and
+#      the demo's golden requests);
+#   2. compute-sanitizer memcheck, racecheck and synccheck on the CUDA op tests;
+#   3. the kernel benchmark (bench_cuda_kernels);
+#   4. the engine benchmark by batch size: the CPU engine, the CUDA engine with and without CUDA
+#      graphs, and the PyTorch reference on the same card (train.bench_reference --device cuda);
+#   5. a short vitrine-bench sweep against `vitrine serve --device cuda:0`;
+# then a results folder that can be committed as it is, and a table last.
+#
+# The machine has CUDA 13, CMake and Python with PyTorch, but none of the project's Debian C
+# libraries: the binaries come prebuilt in the pack that `make gpu-pack` makes here
+# (tests/gpu/pack.py: bin/, lib/, fixture/, demo/), and run with LD_LIBRARY_PATH=lib.
+#
+#   tests/gpu/run.sh [PACK]          PACK defaults to gpu-pack/vitrine-gpu.tar.xz
+#   RESULTS=dir tests/gpu/run.sh     where results go (default bench/results/gpu-DATE); when $OUT
+#                                    is set (the device tool), a copy goes there too
+#   QUICK=1 tests/gpu/run.sh         shorter benchmarks
+# Exits non-zero if a test fails, is skipped (on a GPU machine a skip means the device was not
+# usable) or a sanitizer reports an error; the benchmarks' figures are in the results folder.
 set -u
 cd "$(dirname "$0")/../.." || exit 1
-BUILD=${BUILD:-build-gpu}
+PACK=${1:-gpu-pack/vitrine-gpu.tar.xz}
+STAMP=$(date -u +%Y-%m-%d)
+RESULTS=${RESULTS:-bench/results/gpu-$STAMP}
+QUICK=${QUICK:-0}
+SECS=2
+[ "$QUICK" = 1 ] && SECS=1
+T0=$(date +%s)
+BUDGET=${BUDGET:-470} # seconds: the whole run fits in 8 minutes; optional steps are cut to fit
+left() { echo $((T0 + BUDGET - $(date +%s))); }
+mkdir -p "$RESULTS"
+SUMMARY="$RESULTS/summary.md"
+: >"$SUMMARY"
+status=0
+row() { printf '| %s | %s | %s |\n' "$1" "$2" "$3" >>"$SUMMARY"; }
+elapsed() { echo $(($(date +%s) - T0)); }
 
-command -v nvidia-smi >/dev/null && nvidia-smi -L
-cmake -S . -B "$BUILD" -DVITRINE_CUDA=ON -DCMAKE_BUILD_TYPE=Release || exit 1
-if [ "${VT_GPU_ALL:-0}" = 1 ]; then
-  cmake --build "$BUILD" -j"$(nproc)" || exit 1
-  ctest --test-dir "$BUILD" --output-on-failure
-else
-  cmake --build "$BUILD" -j"$(nproc)" --target test_cuda_ops test_kernels || exit 1
-  # -FA: do not pull in the Python fixture that every test_* declares it requires
-  ctest --test-dir "$BUILD" --output-on-failure -R '^test_(cuda_ops|kernels)$' -FA '.*'
-fi
-ctest_rc=$?
-
-log="$BUILD/test_cuda_ops.log"
-"$BUILD/test_cuda_ops" --verbose --jobs 1 >"$log" 2>&1
-echo
-echo "CUDA ops ($log):"
-printf '%-40s %s\n' "op" "status"
-awk '
-  /^\[RUN \] / { name = $3; order[++n] = name; status[name] = "CRASH" }
-  /^\[(PASS|FAIL|SKIP)\] / {
-    tag = substr($1, 2, 4); name = $2; sub(/:$/, "", name)
-    why = $0; sub(/^[^:]*::[^:]*: */, "", why)
-    status[name] = tag == "SKIP" ? "SKIP (" why ")" : tag
-  }
-  END {
-    bad = 0
-    for (i = 1; i <= n; i++) {
-      printf "%-40s %s\n", order[i], status[order[i]]
-      if (status[order[i]] != "PASS") bad = 1
-    }
-    if (n == 0) { print "(no test ran: see the log)"; bad = 1 }
-    exit bad
-  }' "$log"
-table_rc=$?
-
-bench_rc=0
-if [ "${VT_GPU_BENCH:-1}" != 0 ]; then
+# ---- the machine ----------------------------------------------------------------------------
+{
+  echo "# tests/gpu/run.sh, $STAMP"
   echo
-  if cmake --build "$BUILD" -j"$(nproc)" --target bench_cuda_kernels; then
-    "$BUILD/bench_cuda_kernels" --require-gpu --json "$BUILD/bench_cuda_kernels.json"
-    bench_rc=$?
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1
+  nvcc --version 2>/dev/null | tail -1
+  python3 -c 'import torch; print("torch", torch.__version__, torch.version.cuda)' 2>&1
+} >"$RESULTS/machine.txt"
+cat "$RESULTS/machine.txt"
+
+# ---- the pack ---------------------------------------------------------------------------------
+[ -f "$PACK" ] || { echo "run.sh: $PACK is missing: make gpu-pack (here: see the file's header)"; exit 2; }
+P=$(mktemp -d /tmp/vitrine-pack.XXXXXX)
+python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$PACK" "$P" \
+  || { echo "run.sh: cannot unpack $PACK"; exit 2; }
+chmod +x "$P"/bin/*
+# the machine's CUDA libraries: the toolkit's, else those PyTorch's wheels bring
+cuda_libs=""
+for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda/targets/x86_64-linux/lib \
+  $(python3 - 2>/dev/null <<'PY'
+import glob, os, site
+roots = site.getsitepackages() + [site.getusersitepackages()]
+for r in roots:
+    for d in glob.glob(os.path.join(r, "nvidia", "*", "lib")):
+        print(d)
+PY
+); do
+  [ -d "$d" ] && cuda_libs="$cuda_libs:$d"
+done
+export LD_LIBRARY_PATH="$P/lib$cuda_libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+for d in ${cuda_libs//:/ }; do [ -f "$d/libnccl.so.2" ] && export VT_NCCL_LIB="$d/libnccl.so.2"; done
+B="$P/bin"
+missing=$(for f in "$B"/*; do ldd "$f" | grep 'not found'; done | sort -u)
+if [ -n "$missing" ]; then
+  echo "run.sh: libraries not found:"; echo "$missing"; exit 2
+fi
+echo "pack unpacked in $P ($(elapsed) s)"
+
+# ---- 1. tests -----------------------------------------------------------------------------------
+echo "| step | result | detail |" >>"$SUMMARY"
+echo "| --- | --- | --- |" >>"$SUMMARY"
+run_test() { # name fixture-dir [extra env]
+  local name=$1 fx=$2 log="$RESULTS/$1${3:+-$3}.log"
+  VT_FIXTURE="$fx" timeout 300 "$B/$name" --jobs 1 --verbose >"$log" 2>&1
+  local rc=$? synth
+  synth=$(grep -a 'Synthesis' "$log" | tail -1 | sed 's/.*Synthesis: //')
+  if [ $rc -ne 0 ] || grep -aq '^\[SKIP\]' "$log" || [ -z "$synth" ]; then
+    status=1
+    row "$name${3:+ ($3)}" "FAIL" "rc $rc; ${synth:-no synthesis}; $(grep -a -m3 -E '^\[(FAIL|SKIP)\]' "$log" | tr '\n' ' ' | cut -c1-300)"
   else
-    bench_rc=1
+    row "$name${3:+ ($3)}" "PASS" "$synth"
   fi
+  echo "$name${3:+ ($3)}: rc $rc, $synth"
+}
+run_test test_cuda_ops "$P/fixture"
+run_test test_backend "$P/fixture"
+run_test test_decode_ops "$P/fixture"
+run_test test_device_parity "$P/fixture" fixture
+if [ -f "$P/demo/golden.safetensors" ]; then
+  run_test test_device_parity "$P/demo" demo
+  run_test test_parity "$P/demo" demo
+fi
+echo "tests done ($(elapsed) s)"
+
+# ---- 2. compute-sanitizer (within its share of the budget) ----------------------------------
+CS=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
+for job in memcheck:test_decode_ops memcheck:test_backend memcheck:test_cuda_ops \
+  racecheck:test_decode_ops racecheck:test_backend synccheck:test_decode_ops \
+  synccheck:test_backend initcheck:test_decode_ops; do
+  tool=${job%%:*} t=${job#*:}
+  log="$RESULTS/sanitizer-$tool-$t.log"
+  if [ -z "$CS" ]; then
+    row "compute-sanitizer $tool $t" "SKIP" "compute-sanitizer not found"; status=1; continue
+  fi
+  if [ "$(left)" -lt 300 ]; then # keep time for the benchmarks
+    row "compute-sanitizer $tool $t" "NOT RUN" "out of time (budget $BUDGET s)"; continue
+  fi
+  VT_FIXTURE="$P/fixture" timeout 90 "$CS" --tool "$tool" --target-processes all \
+    --error-exitcode 99 "$B/$t" --jobs 1 >"$log" 2>&1
+  rc=$?
+  summary=$(grep -a -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -1)
+  if [ $rc -eq 124 ]; then
+    row "compute-sanitizer $tool $t" "TIMEOUT" "90 s"; status=1
+  elif [ $rc -ne 0 ]; then # --error-exitcode: any report fails
+    row "compute-sanitizer $tool $t" "FAIL" "rc $rc; $summary"; status=1
+  else
+    row "compute-sanitizer $tool $t" "PASS" "$summary"
+  fi
+  echo "sanitizer $tool $t: rc $rc $summary ($(elapsed) s)"
+done
+
+# ---- 3. kernel benchmark -----------------------------------------------------------------------
+timeout 90 "$B/bench_cuda_kernels" --require-gpu --reps 20 --json "$RESULTS/bench_cuda_kernels.json" \
+  >"$RESULTS/bench_cuda_kernels.txt" 2>&1
+rc=$?
+[ $rc -eq 0 ] && row "bench_cuda_kernels" "done" "bench_cuda_kernels.txt" \
+  || { row "bench_cuda_kernels" "FAIL" "rc $rc"; status=1; }
+echo "kernel benchmark done ($(elapsed) s)"
+
+# ---- 4. engine benchmark by batch size ---------------------------------------------------------
+D="$P/demo"
+ENG="$RESULTS/bench_engine.jsonl"
+: >"$ENG"
+if [ -d "$D/bundle" ]; then
+  OPENBLAS_NUM_THREADS=1 "$B/bench_engine" --bundle "$D/bundle" --catalog "$D/catalog" \
+    --requests "$D/requests.jsonl" --batches 1,64 --seconds "$SECS" >>"$ENG" 2>>"$RESULTS/bench_engine.err"
+  for g in 0 1; do
+    "$B/bench_engine" --bundle "$D/bundle" --catalog "$D/catalog" --requests "$D/requests.jsonl" \
+      --batches 1,8,64,256,512 --seconds "$SECS" --device cuda:0 --graphs $g \
+      >>"$ENG" 2>>"$RESULTS/bench_engine.err" || status=1
+  done
+  PYTHONUNBUFFERED=1 timeout 120 python3 -m train.bench_reference --bundle "$D/bundle" \
+    --catalog "$D/catalog" --requests "$D/requests.jsonl" --batches 1,8,64 --seconds "$SECS" \
+    --device cuda >>"$ENG" 2>>"$RESULTS/bench_engine.err" \
+    || echo "the PyTorch reference on cuda failed: see bench_engine.err"
+  row "bench_engine" "done" "bench_engine.jsonl ($(wc -l <"$ENG") rows)"
+fi
+echo "engine benchmark done ($(elapsed) s)"
+
+# ---- 5. vitrine serve under vitrine-bench ------------------------------------------------------
+if [ -d "$D/bundle" ]; then
+  "$B/vitrine" serve --bundle "$D/bundle" --catalog "$D/catalog" --device cuda:0 \
+    --listen 127.0.0.1:0 --metrics-listen off --max-batch 256 --max-queue-delay-us 2000 \
+    --queue-capacity 8192 --cq-threads 8 --log-format json >"$RESULTS/serve.log" 2>&1 &
+  srv=$!
+  port=""
+  for _ in $(seq 100); do
+    port=$(grep -o '"grpc_port": *[0-9]*' "$RESULTS/serve.log" | head -1 | grep -o '[0-9]*$')
+    grep -q '"serving"' "$RESULTS/serve.log" && break
+    sleep 0.2
+  done
+  if grep -q '"serving"' "$RESULTS/serve.log"; then
+    timeout 150 "$B/vitrine-bench" --target "127.0.0.1:$port" --requests "$D/requests.jsonl" \
+      --concurrency 1,16,128,512,1024 --warmup 1 --window 2 --max-windows 3 --connections 4 \
+      --out "$RESULTS/serve" \
+      >"$RESULTS/serve-bench.txt" 2>&1
+    rc=$?
+    [ $rc -eq 0 ] && row "vitrine serve --device cuda:0" "done" "serve-bench.txt" \
+      || { row "vitrine serve --device cuda:0" "FAIL" "vitrine-bench rc $rc"; status=1; }
+  else
+    row "vitrine serve --device cuda:0" "FAIL" "did not start: see serve.log"
+    status=1
+  fi
+  kill -TERM $srv 2>/dev/null
+  wait $srv 2>/dev/null
 fi
 
-[ "$ctest_rc" -eq 0 ] && [ "$table_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]
+# ---- the table ----------------------------------------------------------------------------------
+python3 - "$ENG" >>"$SUMMARY" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip().startswith("{")]
+if rows:
+    print("\n| engine | device | graphs | batch | req/s | batch p50 ms | batch p99 ms | beam / decode |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        print("| %s | %s | %s | %d | %.0f | %.3f | %.3f | %s |" % (
+            r.get("engine"), r.get("device", "cpu"), r.get("graphs", "-"), r["batch"],
+            r["requests_per_s"], r["batch_ms_p50"], r["batch_ms_p99"],
+            "%.1f%%" % (100 * r["beam_of_decode"]) if "beam_of_decode" in r else "-"))
+PY
+echo >>"$SUMMARY"
+echo "total $(elapsed) s; status $status" >>"$SUMMARY"
+if [ -n "${OUT:-}" ] && [ -d "$OUT" ]; then
+  tar -czf "$OUT/gpu-results.tar.gz" -C "$(dirname "$RESULTS")" "$(basename "$RESULTS")"
+  cp "$SUMMARY" "$OUT/summary.md"
+fi
+rm -rf "$P"
+echo
+cat "$SUMMARY"
+exit $status
