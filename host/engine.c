@@ -279,6 +279,15 @@ struct vt_engine {
   vt_profile prof;
 };
 
+/* Forgets every captured graph: they hold the addresses of buffers about to move. */
+static void graphs_drop(vt_engine *e) {
+  for (int i = 0; i < GRAPH_CACHE; i++)
+    if (e->graphs[i].g) {
+      e->be->graph_free(e->be, e->graphs[i].g);
+      e->graphs[i].g = NULL;
+    }
+}
+
 vt_profile *vt_engine_profile(vt_engine *e) { return &e->prof; }
 void vt_engine_set_graphs(vt_engine *e, int on) { e->use_graphs = on && e->be->capture_begin; }
 void vt_engine_set_profiling(vt_engine *e, int on) { e->profiling = on; }
@@ -345,9 +354,7 @@ void vt_engine_free(vt_engine *e) {
   if (!e)
     return;
   vt_backend *be = e->be;
-  for (int i = 0; i < GRAPH_CACHE; i++)
-    if (e->graphs[i].g)
-      be->graph_free(be, e->graphs[i].g);
+  graphs_drop(e);
   if (e->arena)
     be->free(be, e->arena);
   if (e->stage && !be->host_memory)
@@ -652,11 +659,7 @@ static int reserve(vt_engine *e, const dims *d, bufs *u, vt_err *err) {
   vt_backend *be = e->be;
   const size_t need = plan(e, d, NULL, u);
   if (need > e->arena_cap) {
-    for (int i = 0; i < GRAPH_CACHE; i++) /* graphs hold the old buffers' addresses */
-      if (e->graphs[i].g) {
-        be->graph_free(be, e->graphs[i].g);
-        e->graphs[i].g = NULL;
-      }
+    graphs_drop(e);
     if (e->arena)
       be->free(be, e->arena);
     const size_t cap = need + need / 4;
@@ -688,6 +691,7 @@ static int reserve(vt_engine *e, const dims *d, bufs *u, vt_err *err) {
   const size_t pneed = be->page_scratch(e->c->n_products, d->max_cands, d->Bc);
   if (pneed > e->page_scratch_cap || e->page_dirty) {
     if (pneed > e->page_scratch_cap) {
+      graphs_drop(e);
       if (e->page_scratch)
         be->free(be, e->page_scratch);
       if (!(e->page_scratch = be->alloc(be, pneed))) {

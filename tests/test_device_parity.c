@@ -218,9 +218,10 @@ Test(device_parity, the_same_storefronts_in_any_batching) {
 Test(device_parity, the_same_storefronts_from_cuda_graphs) {
   need_device();
   vt_engine_set_graphs(fx.dev, 1);
-  run_and_compare(0, 74, 37, "graphs, batches of 37"); /* captures their shapes... */
-  run_and_compare(0, 74, 37, "graphs, replayed");      /* ...and replays them */
-  run_and_compare(74, 24, 8, "graphs, batches of 8");
+  run_and_compare(74, 24, 8, "graphs, batches of 8");  /* captured on a small arena */
+  run_and_compare(0, 74, 37, "graphs, batches of 37"); /* the arena grows: graphs re-captured */
+  run_and_compare(0, 74, 37, "graphs, replayed");      /* replayed */
+  run_and_compare(74, 24, 8, "graphs, batches of 8 again"); /* captured anew on the new arena */
   vt_engine_set_graphs(fx.dev, 0);
 }
 
