@@ -17,7 +17,9 @@
 
 static void usage(FILE *f) {
   fputs("usage: vitrine recommend --bundle DIR --catalog DIR --request FILE|- [--pretty]\n"
+        "                         [--device cpu|cuda:N]\n"
         "       vitrine batch --bundle DIR --catalog DIR --requests FILE|- [--batch N]\n"
+        "                     [--device cpu|cuda:N]\n"
         "       vitrine info --bundle DIR --catalog DIR\n"
         "       vitrine serve --bundle DIR --catalog DIR [options]  (vitrine serve --help)\n"
         "\n"
@@ -27,6 +29,7 @@ static void usage(FILE *f) {
         "             out in the same order, N requests per engine batch (default 64); a line\n"
         "             that is refused becomes {\"line\": L, \"error\": \"...\"} (exit status 1)\n"
         "  info       print what the bundle and catalogue hold\n"
+        "  --device   where recommend and batch run the cascade (default cpu; docs/DEVICE.md)\n"
         "  serve      the gRPC server (docs/SERVER.md)\n",
         f);
 }
@@ -187,6 +190,7 @@ int main(int argc, char **argv) {
   if (strcmp(argv[1], "serve") == 0)
     return vt_serve_main(argc - 1, argv + 1);
   const char *cmd = argv[1], *bundle_dir = NULL, *catalog_dir = NULL, *request = NULL;
+  const char *device = "cpu";
   int pretty = 0, batch = 64;
   for (int i = 2; i < argc; i++) {
     if (strcmp(argv[i], "--bundle") == 0 && i + 1 < argc)
@@ -197,6 +201,8 @@ int main(int argc, char **argv) {
       request = argv[++i];
     else if (strcmp(argv[i], "--requests") == 0 && i + 1 < argc)
       request = argv[++i];
+    else if (strcmp(argv[i], "--device") == 0 && i + 1 < argc)
+      device = argv[++i];
     else if (strcmp(argv[i], "--batch") == 0 && i + 1 < argc) {
       char *end;
       long v = strtol(argv[++i], &end, 10);
@@ -231,7 +237,7 @@ int main(int argc, char **argv) {
   vt_engine *e = NULL;
   int status = 2;
   if (vt_bundle_load(&b, bundle_dir, &err) || vt_catalog_load(&c, catalog_dir, b, &err) ||
-      vt_engine_create(&e, b, c, &err)) {
+      vt_engine_create_on(&e, b, c, device, &err)) {
     fprintf(stderr, "vitrine: %s\n", err.msg);
     goto done;
   }

@@ -4,6 +4,7 @@ the device path of the server is tested on machines without a GPU: one engine pe
 same answers as the CPU engines, a catalogue reload that swaps every device, a failed launch that
 fails its batch with INTERNAL while the server goes on serving, and a device that does not exist
 refused at start."""
+import json
 import os
 import signal
 import subprocess
@@ -74,3 +75,29 @@ def test_a_device_that_does_not_exist_is_refused():
                        env=dict(os.environ, **_emu(2)))
     assert p.returncode == 2, p.stderr
     assert "cuda:2 does not exist (2 devices)" in p.stderr, p.stderr
+
+
+def test_cli_batch_on_an_emulated_device_answers_as_the_cpu(fixture_requests, tmp_path):
+    reqs = tmp_path / "requests.jsonl"
+    reqs.write_text("".join(json.dumps(r) + "\n" for r in fixture_requests[:16]))
+
+    def run(binary, *extra):
+        p = subprocess.run([binary, "batch", "--bundle", f"{FIXTURE}/bundle", "--catalog",
+                            f"{FIXTURE}/catalog", "--requests", str(reqs), "--batch", "5", *extra],
+                           capture_output=True, text=True, timeout=300,
+                           env=dict(os.environ, **_emu(2)))
+        assert p.returncode == 0, p.stderr
+        return [json.loads(ln) for ln in p.stdout.splitlines()]
+
+    def ids(front):
+        return [(s["theme"]["id"], [k["id"] for k in s["keywords"]],
+                 [(p["index"], p["keyword"]) for p in s["products"]]) for s in front["sections"]]
+
+    cpu, dev = run(VITRINE_EMU), run(VITRINE_EMU, "--device", "cuda:1")
+    assert len(cpu) == len(dev) == 16
+    for a, b in zip(cpu, dev):
+        assert ids(a) == ids(b)
+    p = subprocess.run([VITRINE_EMU, "batch", "--bundle", f"{FIXTURE}/bundle", "--catalog",
+                        f"{FIXTURE}/catalog", "--requests", str(reqs), "--device", "cuda:5"],
+                       capture_output=True, text=True, timeout=60, env=dict(os.environ, **_emu(2)))
+    assert p.returncode == 2 and "cuda:5 does not exist (2 devices)" in p.stderr, p.stderr
