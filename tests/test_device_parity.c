@@ -270,4 +270,49 @@ Test(device_parity, the_same_storefronts_whatever_the_thread_order) {
   run_and_compare(120, fx.n - 120, fx.n - 120, "shuffle 12345");
   vt_emu_set_order(order, seed);
 }
+
+/* Two devices: the weights and the catalogue tables go to the first by one upload each and to
+ * the second by one NCCL broadcast each (or by peer copies with VT_NCCL=off); both devices then
+ * answer as the CPU does. */
+static void two_devices(int nccl) {
+  need_device();
+  vt_err err = {0};
+  char why[256];
+  vt_backend *bes[2];
+  if (vt_backend_open(&bes[0], "cuda:0", why, sizeof why) ||
+      vt_backend_open(&bes[1], "cuda:1", why, sizeof why))
+    cr_skip_test("two devices are needed: %s", why);
+  if (!nccl)
+    setenv("VT_NCCL", "off", 1);
+  vt_emu_stats st;
+  vt_emu_stats_reset();
+  vt_model *models[2];
+  vt_engine *engines[2];
+  cr_assert_eq(vt_models_create(models, bes, 2, fx.b, &err), 0, "%s", err.msg);
+  cr_assert_eq(vt_engines_create(engines, models, 2, fx.c, &err), 0, "%s", err.msg);
+  vt_emu_stats_get(&st);
+  unsetenv("VT_NCCL");
+  cr_assert_eq(st.h2d, 2, "%llu uploads: the weights and the catalogue, once each",
+               (unsigned long long)st.h2d);
+  cr_assert_eq(st.collectives, nccl ? 2 : 0, "%llu NCCL broadcasts",
+               (unsigned long long)st.collectives);
+  if (!nccl)
+    cr_assert_eq(st.d2d, 2, "%llu peer copies", (unsigned long long)st.d2d);
+  vt_storefront *got = calloc(40, sizeof *got);
+  for (int k = 0; k < 2; k++) {
+    cr_assert_str_eq(vt_engine_device(engines[k]), k ? "cuda:1" : "cuda:0");
+    cr_assert_eq(vt_engine_run(engines[k], fx.reqs + 20 * k, 20, got, NULL, NULL, &err), 0, "%s",
+                 err.msg);
+    for (int i = 0; i < 20; i++)
+      compare(20 * k + i, &got[i], &fx.want[20 * k + i], k ? "cuda:1" : "cuda:0");
+  }
+  free(got);
+  for (int k = 0; k < 2; k++) {
+    vt_engine_free(engines[k]);
+    vt_model_free(models[k]);
+  }
+}
+
+Test(device_parity, two_devices_by_nccl_broadcast) { two_devices(1); }
+Test(device_parity, two_devices_by_peer_copies) { two_devices(0); }
 #endif
