@@ -111,6 +111,22 @@ static void state_alloc(state *s, int cap, int G, int maxT, int fin_cap, int wma
   s->slot_base = xcalloc(1, 4);
 }
 
+static void rows_free(vt_beam_rows *r) {
+  free(r->token), free(r->node), free(r->score), free(r->pos), free(r->mem), free(r->slots);
+  free(r->n);
+}
+
+static void state_free(state *s) {
+  rows_free(&s->rows[0]);
+  rows_free(&s->rows[1]);
+  vt_beam_groups *g = &s->g;
+  free(g->width), free(g->n_best), free(g->row0), free(g->n_rows), free(g->pos), free(g->state);
+  free(g->n_fin), free(g->fin_score), free(g->fin_phrase), free(g->fin_len), free(g->fin_slots);
+  vt_beam_picks *p = &s->picks;
+  free(p->parent), free(p->token), free(p->node), free(p->phrase), free(p->score), free(p->n);
+  free(s->slot_base);
+}
+
 /* Copies of every array of host state h into dev (where m's backend computes), same shapes. */
 #define MIRROR(field, count) (d->field = dput(m, h->field, (size_t)(count) * sizeof *h->field))
 static void rows_mirror(mirror *m, vt_beam_rows *d, const vt_beam_rows *h, int cap, int maxT) {
@@ -358,6 +374,8 @@ static void rows_case(vt_backend *be, int seed) {
   for (int i = n * C; i < cap * C; i++)
     cr_assert(isnan(Y[i]) && isnan(Q[i]) && isnan(A1[i]) && isnan(A2[i]));
   mirror_free(&m);
+  rows_free(&r);
+  rows_free(&ref);
   free(tok_emb), free(pos_emb), free(QKV), free(kpool), free(vpool), free(xkv), free(sentinel);
   free(Y), free(Q), free(kp), free(vp), free(A1), free(A2);
 }
@@ -445,6 +463,7 @@ static void search_case(vt_backend *be, int seed) {
     mirror_free(&ms);
   }
   mirror_free(&m);
+  state_free(&h);
   phrases_free(&ph);
   free(width), free(tok_emb), free(hid), free(hs);
 }
@@ -525,6 +544,8 @@ static void handover_case(vt_backend *be, int seed) {
               "%s: search %d", be->name, gi);
   }
   mirror_free(&m);
+  state_free(&s1);
+  state_free(&s2);
   free(req), free(out), free(got);
 }
 
@@ -678,6 +699,7 @@ static void page_case(vt_backend *be, int seed) {
     }
   }
   mirror_free(&m);
+  state_free(&s2);
   free(zero), free(hscr), free(out), free(got), free(req), free(hist), free(excl);
   free(user), free(kw_off), free(kw_prod), free(stock), free(rel_off), free(rel_idx), free(regions);
   free(seasons), free(emb), free(log_pop), free(rel_w);
