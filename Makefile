@@ -99,7 +99,7 @@ check-valgrind: build bundle
 	echo '{"now": 5, "region": "eu"}' | valgrind --leak-check=full --suppressions=tests/valgrind.supp \
 	  --error-exitcode=99 -q $(BUILD)/vitrine recommend --bundle $(DEMO)/bundle \
 	  --catalog $(DEMO)/catalog --request - 2>$(BUILD)/valgrind-refused.log; test $$? -eq 2
-	grep -q "sections must be" $(BUILD)/valgrind-refused.log
+	grep -q "sections is missing" $(BUILD)/valgrind-refused.log
 
 # What a lent GPU machine runs (tests/gpu/run.sh), prebuilt here: it has CUDA but none of the
 # project's Debian libraries. The binaries with CUDA for sm_90 (the H100/H200), every library they

@@ -115,7 +115,7 @@ class Peer:
             max_request_events=MAX_REQUEST_EVENTS, workers=a.workers, max_batch=1)
         self.slots = threading.Semaphore(a.workers)
         # warm-up: the first call pays for lazy initialisation, not a client's request
-        self.cascade.recommend({"now": 0, "region": tables.regions[0]["name"], "events": [],
+        self.cascade.recommend({"now": 1, "region": tables.regions[0]["name"], "events": [],
                                 "sections": 1, "keywords_per_section": 1,
                                 "products_per_section": 1})
 

@@ -14,6 +14,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "text.h"
+
 /* F32 tensors are used in place, which reads the file's little-endian floats natively. */
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "vitrine's loaders assume a little-endian host"
@@ -529,9 +531,29 @@ fail:
   return rc;
 }
 
-/* Python's str.split() separators, ASCII part (the writer only ever uses single spaces). */
-static int is_space(char c) {
-  return c == ' ' || (c >= '\t' && c <= '\r') || (c >= '\x1c' && c <= '\x1f');
+/* The next word of the NUL-terminated *s, split at whitespace as the query tokeniser splits
+ * (text.h: Python's str.split()); moves *s past it. 0 when there is none. */
+static int next_word(const char **s, const char **w, size_t *len) {
+  const char *p = *s;
+  size_t n = strlen(p);
+  uint32_t cp;
+  int k;
+  while (n && vt_is_space((k = vt_utf8_next(p, n, &cp), cp))) {
+    p += k;
+    n -= (size_t)k;
+  }
+  if (!n) {
+    *s = p;
+    return 0;
+  }
+  *w = p;
+  while (n && !vt_is_space((k = vt_utf8_next(p, n, &cp), cp))) {
+    p += k;
+    n -= (size_t)k;
+  }
+  *len = (size_t)(p - *w);
+  *s = p;
+  return 1;
 }
 
 /* The token of a word's ASCII-lowercase form, UNK if none; -2 if out of memory. */
@@ -545,7 +567,7 @@ static int lower_lookup(const vt_bundle *b, const char *w, size_t len) {
 }
 
 /* Token ids of every phrase: each word must be in the vocabulary as written, and its token is
- * that of its lowercase form (Vocab.encode lowercases; UNK if that is not a token). */
+ * that of its A-Z-lowercased form (Vocab.encode; UNK if that is not a token). */
 static int encode_table(const vt_bundle *b, vt_phrases *p, const char *path, vt_err *err) {
   size_t total = 0;
   for (int i = 0; i < p->n; i++) total += strlen(p->text[i]) / 2 + 1;
@@ -557,12 +579,9 @@ static int encode_table(const vt_bundle *b, vt_phrases *p, const char *path, vt_
   for (int i = 0; i < p->n; i++) {
     const char *s = p->text[i];
     int bad = !*s;
-    while (*s && !bad) {
-      while (is_space(*s)) s++;
-      if (!*s) break;
-      const char *w = s;
-      while (*s && !is_space(*s)) s++;
-      size_t len = (size_t)(s - w);
+    const char *w;
+    size_t len;
+    while (!bad && next_word(&s, &w, &len)) {
       if (vocab_find(b, w, len) < 0) {
         bad = 1;
         break;

@@ -3,6 +3,7 @@
  *   vitrine recommend --bundle DIR --catalog DIR --request FILE|- [--pretty]
  *   vitrine batch     --bundle DIR --catalog DIR --requests FILE|- [--batch N]
  *   vitrine info      --bundle DIR --catalog DIR
+ *   vitrine tokenize  --bundle DIR   (JSON strings in, one per line; their token ids out)
  *
  * Exit status: 0 ok, 2 bad arguments, bundle, catalogue or request (the message names which). */
 #include <stdio.h>
@@ -14,6 +15,9 @@
 #include "host/engine.h"
 #include "host/request.h"
 #include "host/serve.h"
+#include "host/text.h"
+
+#include <cjson/cJSON.h>
 
 static void usage(FILE *f) {
   fputs("usage: vitrine recommend --bundle DIR --catalog DIR --request FILE|- [--pretty]\n"
@@ -21,6 +25,7 @@ static void usage(FILE *f) {
         "       vitrine batch --bundle DIR --catalog DIR --requests FILE|- [--batch N]\n"
         "                     [--device cpu|cuda:N]\n"
         "       vitrine info --bundle DIR --catalog DIR\n"
+        "       vitrine tokenize --bundle DIR < strings.jsonl\n"
         "       vitrine serve --bundle DIR --catalog DIR [options]  (vitrine serve --help)\n"
         "\n"
         "  recommend  run the cascade on one JSON request and print the storefront as JSON\n"
@@ -29,6 +34,8 @@ static void usage(FILE *f) {
         "             out in the same order, N requests per engine batch (default 64); a line\n"
         "             that is refused becomes {\"line\": L, \"error\": \"...\"} (exit status 1)\n"
         "  info       print what the bundle and catalogue hold\n"
+        "  tokenize   one JSON string per input line (a search query); prints its token ids\n"
+        "             as a JSON list, as the engine reads the query (docs/SERVER.md)\n"
         "  --device   where recommend and batch run the cascade (default cpu; docs/DEVICE.md)\n"
         "  serve      the gRPC server (docs/SERVER.md)\n",
         f);
@@ -182,6 +189,38 @@ static int run_batch(vt_engine *e, const vt_bundle *b, const vt_catalog *c, cons
   return status;
 }
 
+/* `vitrine tokenize`: each stdin line is a JSON string; prints its token ids as a JSON list (all
+ * of them: the engine keeps the first max_query_tokens). 0, or 2 for a line that is not a JSON
+ * string of UTF-8 (reported, the others still printed). */
+static int run_tokenize(const vt_bundle *b) {
+  char *line = NULL;
+  size_t cap = 0;
+  long lineno = 0;
+  int status = 0;
+  ssize_t got;
+  while ((got = getline(&line, &cap, stdin)) >= 0) {
+    lineno++;
+    cJSON *j = cJSON_ParseWithLength(line, (size_t)got);
+    size_t at, n = cJSON_IsString(j) ? strlen(j->valuestring) : 0;
+    int32_t *ids = cJSON_IsString(j) ? malloc((n + 1) * sizeof *ids) : NULL;
+    if (!ids || vt_utf8_check(j->valuestring, n, &at) != VT_TEXT_OK) {
+      fprintf(stderr, "vitrine tokenize: line %ld: not a JSON string of UTF-8 text\n", lineno);
+      puts("null");
+      status = 2;
+    } else {
+      int k = vt_request_tokenize(b, j->valuestring, n, ids, (int)n + 1);
+      putchar('[');
+      for (int i = 0; i < k; i++)
+        printf("%s%d", i ? ", " : "", ids[i]);
+      puts("]");
+    }
+    free(ids);
+    cJSON_Delete(j);
+  }
+  free(line);
+  return status;
+}
+
 int main(int argc, char **argv) {
   if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
     usage(argc < 2 ? stderr : stdout);
@@ -221,6 +260,21 @@ int main(int argc, char **argv) {
   }
   int is_rec = strcmp(cmd, "recommend") == 0, is_info = strcmp(cmd, "info") == 0;
   int is_batch = strcmp(cmd, "batch") == 0;
+  if (strcmp(cmd, "tokenize") == 0) {
+    vt_err err = {0};
+    vt_bundle *b = NULL;
+    if (!bundle_dir) {
+      fprintf(stderr, "vitrine tokenize: --bundle is required\n");
+      return 2;
+    }
+    if (vt_bundle_load(&b, bundle_dir, &err)) {
+      fprintf(stderr, "vitrine: %s\n", err.msg);
+      return 2;
+    }
+    int st = run_tokenize(b);
+    vt_bundle_free(b);
+    return st;
+  }
   if ((!is_rec && !is_info && !is_batch) || !bundle_dir || !catalog_dir ||
       ((is_rec || is_batch) && !request)) {
     if (!is_rec && !is_info && !is_batch)

@@ -40,6 +40,12 @@ int vt_request_parse(vt_request *r, const char *json, size_t len, const vt_bundl
                      const vt_catalog *c, vt_err *err);
 void vt_request_free(vt_request *r);
 
+/* The query tokeniser (train/vocab.py's Vocab.encode): s (n bytes of UTF-8) split into words at
+ * whitespace (text.h: the characters Python's str.split() splits on), A-Z lowercased (nothing
+ * else), each word's vocabulary id or VT_TOK_UNK; at most max. Returns the count, -1 when out of
+ * memory. */
+int vt_request_tokenize(const vt_bundle *b, const char *s, size_t n, int32_t *out, int max);
+
 /* vt_storefront (and its limits VT_MAX_SECTIONS, ...) is the page step's output: kernels/decode.h */
 
 /* The storefront as JSON (malloc'd, NUL-terminated; NULL if out of memory): the fields of

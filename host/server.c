@@ -394,8 +394,8 @@ static cJSON *request_json(const Vitrine__V1__RecommendRequest *m, int max_event
     int a = (int)e->action;
     if (a >= 1 && a <= 4)
       cJSON_AddStringToObject(o, "action", ACTION_NAMES[a]);
-    else
-      cJSON_AddNullToObject(o, "action"); /* refused with vt_request_parse's message */
+    else if (a != 0) /* unset (0) is missing; another number is refused as not an action */
+      cJSON_AddNumberToObject(o, "action", a);
     cJSON_AddNumberToObject(o, "ts", e->ts >= 0 && e->ts <= MAX_UNIX ? (double)e->ts : -1);
     if (e->item[0])
       cJSON_AddStringToObject(o, "item", e->item);

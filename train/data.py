@@ -212,24 +212,73 @@ class RequestError(ValueError):
     """A request the engine refuses (the gRPC server answers INVALID_ARGUMENT with the message)."""
 
 
+MAX_UNIX = 2 ** 53 - 1  # the largest time accepted: every integer up to it is exact in a double
+
+
+def _time(v, field):
+    """A Unix time in seconds, 1..MAX_UNIX (absent and 0 are one case: proto3 cannot send 0)."""
+    if v is None or v == 0:
+        raise RequestError("%s is missing or 0: a Unix time in seconds, 1..%d, is required" %
+                           (field, MAX_UNIX))
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise RequestError("%s must be an integer: a Unix time in seconds, 1..%d" %
+                           (field, MAX_UNIX))
+    if v < 0:
+        raise RequestError("%s is negative: a Unix time in seconds, 1..%d, is required" %
+                           (field, MAX_UNIX))
+    if v > MAX_UNIX:
+        raise RequestError("%s is above %d (2^53 - 1), the largest Unix time accepted" %
+                           (field, MAX_UNIX))
+    return v
+
+
+def _text(s, field):
+    """A request string must be UTF-8 without NUL characters (byte offsets in UTF-8)."""
+    if "\x00" in s:
+        raise RequestError("%s contains a NUL character (at byte %d)" %
+                           (field, len(s[:s.index("\x00")].encode("utf-8", "surrogatepass"))))
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate, from a JSON \ud800 escape
+        raise RequestError("%s is not valid UTF-8 (at byte %d)" %
+                           (field, len(s[:e.start].encode("utf-8", "surrogatepass")))) from None
+
+
 def validate_request(req, tables, cfg):
-    """Checks a request and returns (events sorted and truncated, n_dropped). Raises RequestError."""
+    """Checks a request and returns (events sorted and truncated, n_dropped). Raises RequestError
+    with the message the C engine gives (host/request.c)."""
     if not isinstance(req, dict):
         raise RequestError("request must be an object")
-    now = req.get("now")
-    if not isinstance(now, int) or now < 0:
-        raise RequestError("now must be a Unix time in seconds >= 0")
-    if req.get("region") not in tables.region_index:
-        raise RequestError("unknown region %r" % (req.get("region"),))
+    if not req:
+        raise RequestError("empty request: now, region, sections, keywords_per_section and "
+                           "products_per_section are required")
+    _time(req.get("now"), "now")
+    region = req.get("region")
+    names = ", ".join("'%s'" % r["name"] for r in tables.regions)
+    if region is not None and not isinstance(region, str):
+        raise RequestError("region must be a string")
+    if region:
+        _text(region, "region")
+    if not region:
+        raise RequestError("region is missing: one of %s" % names)
+    if region not in tables.region_index:
+        raise RequestError("unknown region '%s': one of %s" % (region, names))
     for key, lim in (("sections", LIMITS["max_sections"]),
                      ("keywords_per_section", LIMITS["max_keywords_per_section"]),
                      ("products_per_section", LIMITS["max_products_per_section"])):
         v = req.get(key)
-        if not isinstance(v, int) or v < 1 or v > lim:
+        if v is None or v == 0:
+            raise RequestError("%s is missing or 0: it must be an integer in 1..%d" % (key, lim))
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1 or v > lim:
             raise RequestError("%s must be an integer in 1..%d" % (key, lim))
     if req["sections"] > len(tables.theme_texts):
         raise RequestError("sections must be at most %d (the number of themes)" %
                            len(tables.theme_texts))
+    sid = req.get("shopper_id")
+    if sid is not None and not isinstance(sid, str):
+        raise RequestError("shopper_id must be a string")
+    if sid:
+        _text(sid, "shopper_id")
     events = req.get("events", [])
     if not isinstance(events, list):
         raise RequestError("events must be a list")
@@ -237,16 +286,29 @@ def validate_request(req, tables, cfg):
         if not isinstance(e, dict):
             raise RequestError("events[%d] must be an object" % i)
         if e.get("action") not in ACTIONS:
-            raise RequestError("events[%d].action must be one of %s" % (i, ", ".join(ACTIONS)))
-        if not isinstance(e.get("ts"), int) or e["ts"] < 0:
-            raise RequestError("events[%d].ts must be a Unix time in seconds >= 0" % i)
+            raise RequestError("events[%d].action %s one of %s" % (
+                i, "is missing: it must be" if e.get("action") is None else "must be",
+                ", ".join(ACTIONS)))
+        _time(e.get("ts"), "events[%d].ts" % i)
         q = e.get("query")
-        if q is not None and (not isinstance(q, str) or len(q.encode()) > LIMITS["max_query_bytes"]):
+        if q is not None and (not isinstance(q, str) or len(q.encode("utf-8", "surrogatepass")) >
+                              LIMITS["max_query_bytes"]):
             raise RequestError("events[%d].query must be a string of at most %d bytes" %
                                (i, LIMITS["max_query_bytes"]))
+        if q is not None:
+            _text(q, "events[%d].query" % i)
         it = e.get("item")
         if it is not None and not isinstance(it, str):
             raise RequestError("events[%d].item must be a string" % i)
+        if it is not None:
+            _text(it, "events[%d].item" % i)
+    ex = req.get("exclude", [])
+    if not isinstance(ex, list):
+        raise RequestError("exclude must be a list of product ids")
+    for i, x in enumerate(ex):
+        if not isinstance(x, str):
+            raise RequestError("exclude[%d] must be a string" % i)
+        _text(x, "exclude[%d]" % i)
     order = sorted(range(len(events)), key=lambda i: events[i]["ts"])  # stable
     kept = [events[i] for i in order][-cfg.max_events:] if cfg.max_events else []
     return kept, len(events) - len(kept)

@@ -78,7 +78,8 @@ def golden_requests(shop, catalog, max_events, n, seed=3):
     reqs.append({"now": now0, "region": "au", "events": [
         ev("view", now0 + 3600, ids[10]), ev("cart", now0 + 7200, ids[10])],
         "sections": 3, "keywords_per_section": 3, "products_per_section": 4, "exclude": []})
-    reqs.append({"now": 0, "region": "eu", "events": [ev("view", 0, ids[11])],
+    # the earliest time accepted: an event at the request time, one second after the epoch
+    reqs.append({"now": 1, "region": "eu", "events": [ev("view", 1, ids[11])],
                  "sections": 1, "keywords_per_section": 1, "products_per_section": 1,
                  "exclude": []})
     while len(reqs) < n:

@@ -15,26 +15,47 @@ Stage 1 decodes under the theme trie (phrases terminated by SEP), stage 2 under 
 Node 0 is the root. Node ids are assigned breadth first, children in token order, so building the
 trie is deterministic and the C engine can rebuild the identical arrays from the phrase tables.
 """
+import re
+
 PAD, BOS, SEP, EOS, UNK = 0, 1, 2, 3, 4
 SPECIALS = ("<pad>", "<bos>", "<sep>", "<eos>", "<unk>")
 
+# What queries and phrases are split into words on: the characters Python's str.isspace() is
+# true for (those str.split() splits on), written out so that the definition does not move with
+# the Python version and the C engine (host/text.c vt_is_space) lists exactly the same ones.
+WHITESPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680" +
+              "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000")
+_SPLIT = re.compile("[%s]+" % re.escape(WHITESPACE))
+# Only A-Z are lowercased (str.lower() would also map other scripts, which the C engine does not)
+_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def split(text):
+    """text's words: split at runs of WHITESPACE, empty words dropped."""
+    return [w for w in _SPLIT.split(text) if w]
+
+
+def words(text):
+    """The words a query is looked up by: split(), with A-Z lowercased."""
+    return split(text.translate(_LOWER))
+
 
 class Vocab:
-    def __init__(self, words):
-        self.itos = list(SPECIALS) + list(words)
+    def __init__(self, tokens):
+        self.itos = list(SPECIALS) + list(tokens)
         self.stoi = {w: i for i, w in enumerate(self.itos)}
         if len(self.stoi) != len(self.itos):
             raise ValueError("vocabulary has duplicate entries")
 
     @classmethod
     def from_phrases(cls, phrases):
-        return cls(sorted({w for p in phrases for w in p.split()}))
+        return cls(sorted({w for p in phrases for w in split(p)}))
 
     def __len__(self):
         return len(self.itos)
 
     def encode(self, text):
-        return [self.stoi.get(w, UNK) for w in text.lower().split()]
+        return [self.stoi.get(w, UNK) for w in words(text)]
 
     def decode(self, ids):
         return " ".join(self.itos[i] for i in ids if i >= len(SPECIALS))

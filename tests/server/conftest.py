@@ -21,6 +21,9 @@ FIXTURE = os.environ.get("VT_FIXTURE", os.path.join(BUILD, "fixture"))
 VITRINE = os.path.join(BUILD, "vitrine")
 VITRINE_EMU = os.path.join(BUILD, "vitrine-emu")  # the same, on the CUDA emulator's devices
 GRPC_PROTO = "/usr/share/grpc-proto"
+# the binaries are an AddressSanitizer + UBSan build (make check-asan): tests that need valgrind
+# or exact timing skip there, with the reason
+SANITIZED = os.environ.get("VT_SANITIZED") == "1"
 
 _gen_dir = tempfile.mkdtemp(prefix="vt-pb-")
 # health.proto is compiled under another module path: the Python package "grpc" is grpcio's
@@ -46,8 +49,10 @@ class Server:
                      "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", *extra]
         e = dict(os.environ)
         e.update(env or {})
+        # a byte that is not UTF-8 must never reach a log line; if one does, it shows as a lone
+        # surrogate (U+DC80..U+DCFF) instead of killing the reader
         self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     env=e, text=True)
+                                     env=e, text=True, errors="surrogateescape")
         self.lines = []
         self.cv = threading.Condition()
         self.reader = threading.Thread(target=self._read, daemon=True)

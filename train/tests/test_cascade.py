@@ -131,14 +131,23 @@ def test_unconstrained_decoding_reports_phrases_outside_the_tables(tiny_world):
 
 
 @pytest.mark.parametrize("patch, message", [
-    ({"now": -5}, "now must be"),
+    ({"now": -5}, "now is negative"),
+    ({"now": 0}, "now is missing or 0"),
+    ({"now": 2 ** 53}, "now is above 9007199254740991"),
+    ({"now": 1.5}, "now must be an integer"),
     ({"region": "mars"}, "unknown region 'mars'"),
-    ({"sections": 0}, "sections must be an integer in 1..16"),
+    ({"sections": 0}, "sections is missing or 0: it must be an integer in 1..16"),
     ({"sections": 99}, "sections must be an integer in 1..16"),
     ({"keywords_per_section": -1}, "keywords_per_section"),
     ({"products_per_section": "4"}, "products_per_section"),
     ({"events": [{"action": "like", "ts": 5}]}, r"events\[0\].action must be one of"),
-    ({"events": [{"action": "view", "ts": -1}]}, r"events\[0\].ts must be"),
+    ({"events": [{"action": "view", "ts": -1}]}, r"events\[0\].ts is negative"),
+    ({"events": [{"action": "view"}]}, r"events\[0\].ts is missing or 0"),
+    ({"events": [{"ts": 5}]}, r"events\[0\].action is missing"),
+    ({"region": "eu\x00x"}, r"region contains a NUL character \(at byte 2\)"),
+    ({"shopper_id": "\u00e9\udc80"}, r"shopper_id is not valid UTF-8 \(at byte 2\)"),
+    ({"exclude": ["p1", 7]}, r"exclude\[1\] must be a string"),
+    ({}, None),
     ({"events": [{"action": "search", "ts": 1, "query": "x" * 5000}]}, r"events\[0\].query"),
     ({"events": {"a": 1}}, "events must be a list"),
 ])
@@ -147,6 +156,8 @@ def test_bad_requests_are_refused_with_a_message(tiny_world, patch, message):
     req = {"now": 1735689600, "region": "eu", "events": [], "sections": 2,
            "keywords_per_section": 2, "products_per_section": 2, "exclude": []}
     req.update(patch)
+    if message is None:  # the empty request
+        req, message = {}, "empty request"
     with pytest.raises(RequestError, match=message):
         Cascade(model, tables, catalog).recommend(req)
 
