@@ -345,11 +345,13 @@ int vt_serve_main(int argc, char **argv) {
         vt_log("error", "load_failed", "device", name, "error", why, NULL);
         for (int k = 0; k < i; k++)
           vt_backend_close(bes[k]);
+        vt_catalog_free(c);
         goto done;
       }
     }
     if (vt_models_create(models, bes, workers, b, &err)) { /* takes bes */
       vt_log("error", "load_failed", "error", err.msg, NULL);
+      vt_catalog_free(c);
       goto done;
     }
     for (int i = 0; i < workers; i++) {
