@@ -10,7 +10,6 @@
 #include <string.h>
 #include <time.h>
 
-#include <cjson/cJSON.h>
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
@@ -22,7 +21,8 @@
 #include "grpc/health/v1/health.pb-c.h"
 #include "vitrine/v1/storefront.pb-c.h"
 
-#include "pbwire.h"
+#include "text.h"
+#include "wire.h"
 
 #define MAX_ID_BYTES 256 /* shopper, product ids and region */
 #define CONTAINER(p, T, m) ((T *)(void *)((char *)(p) - offsetof(T, m)))
@@ -55,23 +55,33 @@ static int numeric_key(const char *k) {
 
 /* Appends s to buf (cap bytes, *n used), escaped for JSON strings or quoted for text if needed;
  * at most LOG_VALUE_MAX bytes of it (a log line holds at most LOG_FIELDS_MAX fields, so the line
- * is never cut in the middle and stays valid JSON). */
+ * is never cut in the middle and stays valid JSON). Valid UTF-8 is kept; control characters, DEL
+ * and every byte outside valid UTF-8 are escaped (a byte from a client never reaches the log as
+ * it is: in JSON it appears as the text \xNN, so the line stays valid UTF-8 and JSON). */
 #define LOG_VALUE_MAX 1024
 #define LOG_FIELDS_MAX 24
 static void put_str(char *buf, size_t cap, size_t *n, const char *s, int json, int quote) {
   if (quote && *n + 1 < cap)
     buf[(*n)++] = '"';
-  size_t start = *n;
-  for (; *s && *n + 8 < cap && *n - start < LOG_VALUE_MAX; s++) {
-    unsigned char ch = (unsigned char)*s;
-    if (ch == '"' || ch == '\\') {
+  size_t start = *n, len = strlen(s);
+  for (size_t i = 0; i < len && *n + 8 < cap && *n - start < LOG_VALUE_MAX;) {
+    unsigned char ch = (unsigned char)s[i];
+    uint32_t cp;
+    int k = vt_utf8_next(s + i, len - i, &cp);
+    if (cp == 0xFFFD && k == 1 && ch >= 0x80) { /* not UTF-8 */
+      *n += (size_t)snprintf(buf + *n, cap - *n, json ? "\\\\x%02x" : "\\x%02x", ch);
+    } else if (ch == '"' || ch == '\\') {
       buf[(*n)++] = '\\';
       buf[(*n)++] = (char)ch;
-    } else if (ch < 0x20) {
+    } else if (ch < 0x20 || ch == 0x7f) {
       *n += (size_t)snprintf(buf + *n, cap - *n, json ? "\\u%04x" : "\\x%02x", ch);
     } else {
-      buf[(*n)++] = (char)ch;
+      if (*n + (size_t)k + 8 >= cap)
+        break;
+      memcpy(buf + *n, s + i, (size_t)k);
+      *n += (size_t)k;
     }
+    i += (size_t)k;
   }
   if (quote && *n + 1 < cap)
     buf[(*n)++] = '"';
@@ -310,107 +320,6 @@ static grpc_slice payload_slice(call *k) {
   return s;
 }
 
-/* Counts field-1 (events) and field-8 (exclude) entries of a RecommendRequest without decoding
- * it; -1 when the bytes are not protobuf wire format. */
-static int prescan(const uint8_t *p, size_t n, long *events, long *exclude) {
-  size_t i = 0, len;
-  uint64_t field;
-  const uint8_t *data;
-  int rc;
-  *events = *exclude = 0;
-  while ((rc = vt_pb_next_field(p, n, &i, &field, &data, &len)) == 1) {
-    if (data && field == 1)
-      (*events)++;
-    else if (data && field == 8)
-      (*exclude)++;
-  }
-  return rc;
-}
-
-static const char *const ACTION_NAMES[] = {NULL, "view", "search", "cart", "purchase"};
-#define MAX_UNIX (INT64_C(1) << 53)
-
-/* Checks what the JSON form cannot express, then builds the JSON request that vt_request_parse
- * validates. NULL with msg set on a bad request. */
-static cJSON *request_json(const Vitrine__V1__RecommendRequest *m, int max_events, char *msg,
-                           size_t cap) {
-  if (m->n_events > (size_t)max_events) {
-    snprintf(msg, cap, "events: %zu events, more than the maximum of %d per request", m->n_events,
-             max_events);
-    return NULL;
-  }
-  if (m->n_exclude > (size_t)max_events) {
-    snprintf(msg, cap, "exclude: %zu ids, more than the maximum of %d per request", m->n_exclude,
-             max_events);
-    return NULL;
-  }
-  if (strlen(m->shopper_id) > MAX_ID_BYTES) {
-    snprintf(msg, cap, "shopper_id is %zu bytes, more than %d", strlen(m->shopper_id),
-             MAX_ID_BYTES);
-    return NULL;
-  }
-  if (strlen(m->region) > MAX_ID_BYTES) {
-    snprintf(msg, cap, "region is %zu bytes, more than %d", strlen(m->region), MAX_ID_BYTES);
-    return NULL;
-  }
-  if (m->priority != VITRINE__V1__PRIORITY__PRIORITY_NORMAL &&
-      m->priority != VITRINE__V1__PRIORITY__PRIORITY_HIGH) {
-    snprintf(msg, cap, "priority must be PRIORITY_NORMAL (0) or PRIORITY_HIGH (1), not %d",
-             (int)m->priority);
-    return NULL;
-  }
-  for (size_t i = 0; i < m->n_exclude; i++)
-    if (strlen(m->exclude[i]) > MAX_ID_BYTES) {
-      snprintf(msg, cap, "exclude[%zu] is %zu bytes, more than %d", i, strlen(m->exclude[i]),
-               MAX_ID_BYTES);
-      return NULL;
-    }
-  cJSON *root = cJSON_CreateObject();
-  if (!root)
-    goto oom;
-  /* a time outside 0..2^53 becomes -1, which vt_request_parse refuses with its message */
-  cJSON_AddNumberToObject(root, "now", m->now >= 0 && m->now <= MAX_UNIX ? (double)m->now : -1);
-  cJSON_AddStringToObject(root, "region", m->region);
-  cJSON_AddStringToObject(root, "shopper_id", m->shopper_id);
-  cJSON_AddNumberToObject(root, "sections", m->sections);
-  cJSON_AddNumberToObject(root, "keywords_per_section", m->keywords_per_section);
-  cJSON_AddNumberToObject(root, "products_per_section", m->products_per_section);
-  cJSON *evs = cJSON_AddArrayToObject(root, "events");
-  cJSON *ex = cJSON_AddArrayToObject(root, "exclude");
-  if (!evs || !ex)
-    goto oom;
-  for (size_t i = 0; i < m->n_events; i++) {
-    const Vitrine__V1__Event *e = m->events[i];
-    if (strlen(e->item) > MAX_ID_BYTES) {
-      snprintf(msg, cap, "events[%zu].item is %zu bytes, more than %d", i, strlen(e->item),
-               MAX_ID_BYTES);
-      cJSON_Delete(root);
-      return NULL;
-    }
-    cJSON *o = cJSON_CreateObject();
-    if (!o)
-      goto oom;
-    cJSON_AddItemToArray(evs, o);
-    int a = (int)e->action;
-    if (a >= 1 && a <= 4)
-      cJSON_AddStringToObject(o, "action", ACTION_NAMES[a]);
-    else if (a != 0) /* unset (0) is missing; another number is refused as not an action */
-      cJSON_AddNumberToObject(o, "action", a);
-    cJSON_AddNumberToObject(o, "ts", e->ts >= 0 && e->ts <= MAX_UNIX ? (double)e->ts : -1);
-    if (e->item[0])
-      cJSON_AddStringToObject(o, "item", e->item);
-    if (e->query[0])
-      cJSON_AddStringToObject(o, "query", e->query);
-  }
-  for (size_t i = 0; i < m->n_exclude; i++)
-    cJSON_AddItemToArray(ex, cJSON_CreateString(m->exclude[i]));
-  return root;
-oom:
-  cJSON_Delete(root);
-  snprintf(msg, cap, "out of memory");
-  return NULL;
-}
-
 static const int JOB_CODE[] = {
     [VT_JOB_OK] = GRPC_STATUS_OK,
     [VT_JOB_EXPIRED] = GRPC_STATUS_DEADLINE_EXCEEDED,
@@ -559,56 +468,30 @@ static void handle_recommend(call *k) {
   grpc_slice bytes = payload_slice(k);
   const uint8_t *p = GRPC_SLICE_START_PTR(bytes);
   size_t n = GRPC_SLICE_LENGTH(bytes);
-  long n_ev, n_ex;
-  Vitrine__V1__RecommendRequest *m = NULL;
-  cJSON *json = NULL;
+  vt_wire_request w = {0};
   int code = GRPC_STATUS_INVALID_ARGUMENT;
   if (!k->payload) {
     snprintf(msg, sizeof msg, "no request message");
     goto refuse;
   }
-  if (prescan(p, n, &n_ev, &n_ex)) {
-    snprintf(msg, sizeof msg,
-             "request is not a vitrine.v1.RecommendRequest: malformed protobuf (%zu bytes)", n);
-    goto refuse;
-  }
-  if (n_ev > srv->o.max_request_events || n_ex > srv->o.max_request_events) {
-    snprintf(msg, sizeof msg, "%s: %ld %s, more than the maximum of %d per request",
-             n_ev > srv->o.max_request_events ? "events" : "exclude",
-             n_ev > srv->o.max_request_events ? n_ev : n_ex,
-             n_ev > srv->o.max_request_events ? "events" : "ids", srv->o.max_request_events);
-    goto refuse;
-  }
-  m = vitrine__v1__recommend_request__unpack(NULL, n, p);
-  if (!m) {
-    snprintf(msg, sizeof msg,
-             "request is not a vitrine.v1.RecommendRequest: protobuf-c cannot decode it "
-             "(%zu bytes)", n);
-    goto refuse;
-  }
-  json = request_json(m, srv->o.max_request_events, msg, sizeof msg);
-  if (!json)
-    goto refuse;
-  char *text = cJSON_PrintUnformatted(json);
-  if (!text) {
-    code = GRPC_STATUS_RESOURCE_EXHAUSTED;
-    snprintf(msg, sizeof msg, "out of memory");
-    goto refuse;
-  }
+  vt_wire_limits lim = {srv->o.max_request_events, MAX_ID_BYTES};
   vt_err err = {0};
-  int rc = vt_request_parse(&k->job.req, text, strlen(text), g->b, g->c, &err);
-  free(text);
+  int rc = vt_wire_recommend(&w, p, n, &lim, &err);
+  /* the shopper for the log line, as sent (it may be what is wrong: vt_log escapes it) */
+  size_t sl = w.shopper_len < sizeof k->shopper - 1 ? w.shopper_len : sizeof k->shopper - 1;
+  if (sl)
+    memcpy(k->shopper, w.shopper, sl);
+  k->shopper[sl] = 0;
+  if (!rc)
+    rc = vt_request_parse(&k->job.req, w.json, w.json_len, g->b, g->c, &err);
   if (rc) {
     if (rc != VT_EINVAL)
       code = GRPC_STATUS_RESOURCE_EXHAUSTED;
     snprintf(msg, sizeof msg, "%s", err.msg);
     goto refuse;
   }
-  snprintf(k->shopper, sizeof k->shopper, "%s", m->shopper_id);
-  k->job.priority = m->priority == VITRINE__V1__PRIORITY__PRIORITY_HIGH ? VT_PRIO_HIGH
-                                                                         : VT_PRIO_NORMAL;
-  cJSON_Delete(json);
-  vitrine__v1__recommend_request__free_unpacked(m, NULL);
+  k->job.priority = w.priority == 1 ? VT_PRIO_HIGH : VT_PRIO_NORMAL;
+  vt_wire_request_free(&w);
   grpc_slice_unref(bytes);
   /* the deadline on our monotonic clock */
   if (gpr_time_cmp(k->deadline, gpr_inf_future(k->deadline.clock_type)) == 0) {
@@ -638,21 +521,27 @@ static void handle_recommend(call *k) {
           NULL);
   return;
 refuse:
-  cJSON_Delete(json);
-  if (m)
-    vitrine__v1__recommend_request__free_unpacked(m, NULL);
+  vt_wire_request_free(&w);
   grpc_slice_unref(bytes);
   vt_gen_unref(g);
   if (srv->o.log_requests) {
     char c[16];
     snprintf(c, sizeof c, "%d", code);
-    vt_log("info", "recommend", "code", c, "message", msg, NULL);
+    vt_log("info", "recommend", "shopper", k->shopper, "code", c, "message", msg, NULL);
   }
   reply(k, code, msg, NULL);
 }
 
 static void handle_info(call *k) {
   vt_server *srv = k->srv;
+  grpc_slice bytes = payload_slice(k);
+  vt_err err = {0};
+  int bad = vt_wire_getinfo(GRPC_SLICE_START_PTR(bytes), GRPC_SLICE_LENGTH(bytes), &err);
+  grpc_slice_unref(bytes);
+  if (bad) {
+    reply(k, GRPC_STATUS_INVALID_ARGUMENT, err.msg, NULL);
+    return;
+  }
   pthread_mutex_lock(&srv->mu);
   vt_gen *g = srv->sched ? vt_sched_gen(srv->sched) : NULL;
   pthread_mutex_unlock(&srv->mu);
@@ -760,18 +649,27 @@ static void watch_pump(call *k) {
   k->w_last = want;
 }
 
-static void handle_watch(call *k) {
+/* The service a health request names: 1 with *known set, or 0 after refusing the call. */
+static int health_service(call *k, int *known) {
   grpc_slice bytes = payload_slice(k);
-  Grpc__Health__V1__HealthCheckRequest *m = grpc__health__v1__health_check_request__unpack(
-      NULL, GRPC_SLICE_LENGTH(bytes), GRPC_SLICE_START_PTR(bytes));
+  const char *svc;
+  size_t len;
+  vt_err err = {0};
+  int bad = vt_wire_health(GRPC_SLICE_START_PTR(bytes), GRPC_SLICE_LENGTH(bytes), &svc, &len,
+                           &err);
+  *known = !bad && (len == 0 || (len == 21 && memcmp(svc, "vitrine.v1.Storefront", 21) == 0));
   grpc_slice_unref(bytes);
-  if (!m) {
-    reply(k, GRPC_STATUS_INVALID_ARGUMENT, "not a grpc.health.v1.HealthCheckRequest", NULL);
+  if (bad)
+    reply(k, GRPC_STATUS_INVALID_ARGUMENT, err.msg, NULL);
+  return !bad;
+}
+
+static void handle_watch(call *k) {
+  int known;
+  if (!health_service(k, &known))
     return;
-  }
   /* an unknown service is answered SERVICE_UNKNOWN and the call kept open, as the protocol says */
-  k->w_unknown = m->service[0] && strcmp(m->service, "vitrine.v1.Storefront") != 0;
-  grpc__health__v1__health_check_request__free_unpacked(m, NULL);
+  k->w_unknown = !known;
   k->w_last = -1;
   k->w_tag.fn = on_watch_sent;
   vt_server *srv = k->srv;
@@ -795,16 +693,9 @@ static void watch_notify_all(vt_server *srv) {
 }
 
 static void handle_health(call *k) {
-  grpc_slice bytes = payload_slice(k);
-  Grpc__Health__V1__HealthCheckRequest *m = grpc__health__v1__health_check_request__unpack(
-      NULL, GRPC_SLICE_LENGTH(bytes), GRPC_SLICE_START_PTR(bytes));
-  grpc_slice_unref(bytes);
-  if (!m) {
-    reply(k, GRPC_STATUS_INVALID_ARGUMENT, "not a grpc.health.v1.HealthCheckRequest", NULL);
+  int known;
+  if (!health_service(k, &known))
     return;
-  }
-  int known = !m->service[0] || strcmp(m->service, "vitrine.v1.Storefront") == 0;
-  grpc__health__v1__health_check_request__free_unpacked(m, NULL);
   if (!known) {
     reply(k, GRPC_STATUS_NOT_FOUND,
           "unknown service: \"\" (the server) and \"vitrine.v1.Storefront\" are known", NULL);

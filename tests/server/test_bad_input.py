@@ -35,7 +35,7 @@ def cases(base):
     return [
         ("not protobuf", b"\xff\xff\xff\xff\xff", INVALID, "malformed protobuf"),
         ("truncated protobuf", base.SerializeToString()[:-3], INVALID, "malformed protobuf"),
-        ("empty request", b"", INVALID, "now is missing"),
+        ("empty request", b"", INVALID, "empty request: now, region"),
         ("a million events", million, INVALID, "events: 1000000 events, more than the maximum"),
         ("invalid action enum", one.SerializeToString(), INVALID,
          "events[0].action must be one of view, search, cart, purchase"),

@@ -93,7 +93,20 @@ def proc_kb(pid, field):
     raise AssertionError(field)
 
 
-BAD_UTF8 = [b"\xed\xa0\x80", b"\xff", b"\xc0\xaf", b"ab\xe2\x82", b"\xf4\x90\x80\x80"]
+# ---- 2. NUL bytes inside strings ----
+def test_nul_bytes_in_strings_refused_naming_the_field(shared_server, base):
+    raw = base.SerializeToString()
+    item = base.events[0].item.encode() or b"p00001"
+    refused(shared_server, raw + f_bytes(3, b"sg\x00evil"), "region contains a NUL character")
+    refused(shared_server, raw + f_bytes(3, b"\x00sg"), "region contains a NUL character (at byte 0)")
+    n = len(base.events)
+    refused(shared_server, raw + f_bytes(1, event_bytes(item=item + b"\x00junk")),
+            f"events[{n}].item contains a NUL character")
+    refused(shared_server, raw + f_bytes(8, item + b"\x00zzz"),
+            f"exclude[{len(base.exclude)}] contains a NUL character")
+    refused(shared_server, raw + f_bytes(4, b"a\x00b"), "shopper_id contains a NUL character")
+    refused(shared_server, raw + f_bytes(1, event_bytes(action=2, query=b"wool\x00scarf")),
+            f"events[{n}].query contains a NUL character")
 
 
 def test_nul_in_json_strings_refused_by_the_cli(fixture_requests):
@@ -113,6 +126,36 @@ def test_nul_in_json_strings_refused_by_the_cli(fixture_requests):
         assert rc == 2 and "not valid JSON" in err, err
 
 
+# ---- 3. invalid UTF-8 ----
+BAD_UTF8 = [b"\xed\xa0\x80", b"\xff", b"\xc0\xaf", b"ab\xe2\x82", b"\xf4\x90\x80\x80"]
+
+
+def test_invalid_utf8_refused_and_never_echoed(server_factory, base):
+    srv = server_factory("--log-requests", "--log-format", "json")
+    raw = base.SerializeToString()
+    n = len(base.events)
+    for bad in BAD_UTF8:
+        for payload, field in [
+                (raw + f_bytes(1, event_bytes(item=bad)), f"events[{n}].item"),
+                (raw + f_bytes(1, event_bytes(action=2, query=b"wool " + bad)), f"events[{n}].query"),
+                (raw + f_bytes(4, b"shop" + bad), "shopper_id"),
+                (raw + f_bytes(8, bad), f"exclude[{len(base.exclude)}]"),
+                (raw + f_bytes(3, bad), "region")]:
+            msg = refused(srv, payload, field + " is not valid UTF-8")
+            assert "\ufffd" not in msg and msg.isprintable(), repr(msg)
+    # an unknown region is echoed back escaped: control characters never reach a message or log
+    msg = refused(srv, raw + f_bytes(3, b"atl\x1b[31mantis\n"), "unknown region")
+    assert msg.isprintable() and "\\x1b" in msg, repr(msg)
+    assert srv.stop() == 0
+    recs = [json.loads(ln) for ln in srv.lines]  # every line is JSON (no raw byte made it in)
+    assert not any(ch in ln for ln in srv.lines for ch in "\udcff\udced\ufffd")
+    refusals = [r for r in recs if r["event"] == "recommend" and r["code"] == 3]
+    assert len(refusals) == 5 * len(BAD_UTF8) + 1
+    shop = [r for r in refusals if "shopper_id" in r["message"]]
+    assert len(shop) == len(BAD_UTF8), shop
+    assert all(r["shopper"].startswith("shop") and "\\x" in r["shopper"] for r in shop), shop
+
+
 def test_invalid_utf8_refused_by_the_cli(fixture_requests):
     req = json.dumps(dict(fixture_requests[0], shopper_id="@@")).encode()
     for bad in BAD_UTF8:
@@ -124,6 +167,87 @@ def test_invalid_utf8_refused_by_the_cli(fixture_requests):
         assert "shopper_id is not valid UTF-8" in err, err
 
 
+# ---- 4. an unset `now`: one rule for the server and the CLI ----
+def test_unset_now_refused_by_server_and_cli(shared_server, base, fixture_requests):
+    r = pb.RecommendRequest()
+    r.CopyFrom(base)
+    r.ClearField("now")
+    want = "now is missing"
+    msg = refused(shared_server, r.SerializeToString(), want)
+    req = dict(fixture_requests[0])
+    del req["now"]
+    rc, _, err = cli(json.dumps(req))
+    assert rc == 2 and msg in err, (msg, err)
+    rc, _, err = cli(json.dumps(dict(req, now=0)))
+    assert rc == 2 and msg in err, (msg, err)
+    # an event without a time is the same: proto3 cannot tell it from 0
+    r = pb.RecommendRequest()
+    r.CopyFrom(base)
+    r.events[0].ts = 0
+    msg = refused(shared_server, r.SerializeToString(), "events[0].ts is missing")
+    ev = dict(fixture_requests[0]["events"][0])
+    del ev["ts"]
+    rc, _, err = cli(json.dumps(dict(fixture_requests[0], events=[ev])))
+    assert rc == 2 and msg in err, (msg, err)
+
+
+# ---- 5. messages that name the real problem ----
+def test_messages_name_the_real_problem(shared_server, base, fixture_requests):
+    big = pb.RecommendRequest()
+    big.CopyFrom(base)
+    big.events[0].ts = MAX_TIME + 2
+    msg = refused(shared_server, big.SerializeToString(), "events[0].ts is above")
+    assert str(MAX_TIME) in msg
+    big.events[0].ts = base.events[0].ts
+    big.now = 2 ** 62
+    refused(shared_server, big.SerializeToString(), "now is above")
+    big.now = -7
+    refused(shared_server, big.SerializeToString(), "now is negative")
+    refused(shared_server, b"", "empty request")
+    refused(shared_server, base.SerializeToString() + f_bytes(3, b"\x00sg"),
+            "region contains a NUL character (at byte 0)")
+    r = pb.RecommendRequest()
+    r.CopyFrom(base)
+    r.ClearField("region")
+    refused(shared_server, r.SerializeToString(), "region is missing")
+    # the CLI: the same limits, the same messages
+    req = fixture_requests[0]
+    for t in (MAX_TIME + 2, 2 ** 53 + 1, 2 ** 53):
+        ev = dict(req["events"][0], ts=t)
+        rc, _, err = cli(json.dumps(dict(req, events=[ev])))
+        assert rc == 2 and "events[0].ts is above" in err, (t, err)
+    ev = dict(req["events"][0], ts=MAX_TIME)
+    rc, out, err = cli(json.dumps(dict(req, events=[ev])))
+    assert rc == 0, err
+    rc, _, err = cli("{}")
+    assert rc == 2 and "empty request" in err, err
+    rc, _, err = cli(json.dumps(dict(req, now=-7)))
+    assert rc == 2 and "now is negative" in err, err
+
+
+# ---- 6. unusual and malformed protobuf ----
+def test_protobuf_framing_like_standard_parsers(shared_server, base):
+    raw = base.SerializeToString()
+    group = key(15, 3) + f_varint(1, 5) + key(16, 3) + key(16, 4) + key(15, 4)  # nested groups
+    assert shared_server.recommend_raw(raw + group, timeout=10)
+    assert shared_server.recommend_raw(raw + f_varint(2 ** 29 - 1, 1), timeout=10)  # largest field
+    refused(shared_server, raw + f_varint(2 ** 29, 1), "malformed protobuf")
+    refused(shared_server, raw + key(15, 3) + f_varint(1, 5), "malformed protobuf")  # unclosed
+    refused(shared_server, raw + key(15, 4), "malformed protobuf")  # an end without a start
+    refused(shared_server, raw + key(15, 3) + key(16, 4), "malformed protobuf")  # mismatched
+    refused(shared_server, raw + key(9, 6), "malformed protobuf")  # no wire type 6
+    info = shared_server.channel.unary_unary("/vitrine.v1.Storefront/GetInfo")
+    refused(shared_server, b"\xff\xff\xff", "not a vitrine.v1.GetInfoRequest", stub=info)
+    refused(shared_server, f_varint(2 ** 29, 1), "malformed protobuf", stub=info)
+    assert pb.GetInfoResponse.FromString(info(b"", timeout=5)).products > 0
+    assert pb.GetInfoResponse.FromString(info(group + f_bytes(7, b"x"), timeout=5)).products > 0
+    check = shared_server.channel.unary_unary("/grpc.health.v1.Health/Check")
+    ans = health_pb2.HealthCheckResponse.FromString(check(group, timeout=5))
+    assert ans.status == health_pb2.HealthCheckResponse.SERVING
+    refused(shared_server, f_bytes(1, b"\xff"), "service is not valid UTF-8", stub=check)
+
+
+# ---- 9. one tokenisation: the reference's whitespace, in C too ----
 # every character Python's str.split() splits on (str.isspace): what docs/SERVER.md lists
 SPACES = [0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x1F, 0x20, 0x85, 0xA0, 0x1680,
           *range(0x2000, 0x200B), 0x2028, 0x2029, 0x202F, 0x205F, 0x3000]
