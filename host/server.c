@@ -17,6 +17,7 @@
 #include <grpc/slice.h>
 #include <grpc/support/log.h>
 #include <grpc/support/time.h>
+#include <zlib.h>
 
 #include "grpc/health/v1/health.pb-c.h"
 #include "vitrine/v1/storefront.pb-c.h"
@@ -308,16 +309,107 @@ static grpc_byte_buffer *pack(const ProtobufCMessage *msg) {
   return bb;
 }
 
-/* The request payload as one slice (empty when absent). */
-static grpc_slice payload_slice(call *k) {
+/* A compressed request inflated by us, at most `limit` bytes: gRPC core 1.51 would inflate it
+ * whole before its size check (a 260 KB gzip bomb costs 256 MiB), so the server turns gRPC's
+ * decompression off (GRPC_ARG_ENABLE_PER_MESSAGE_DECOMPRESSION) and stops inflating as soon as
+ * the limit is passed. 0 with *out set, or a gRPC status code with msg. */
+static int inflate_payload(grpc_byte_buffer *bb, size_t limit, grpc_slice *out, char *msg,
+                           size_t cap) {
+  grpc_compression_algorithm alg = bb->data.raw.compression;
+  const char *name = alg == GRPC_COMPRESS_GZIP ? "gzip" : "deflate";
+  if (alg != GRPC_COMPRESS_GZIP && alg != GRPC_COMPRESS_DEFLATE) {
+    snprintf(msg, cap, "the request's compression (algorithm %d) is not supported", (int)alg);
+    return GRPC_STATUS_UNIMPLEMENTED;
+  }
+  z_stream zs;
+  memset(&zs, 0, sizeof zs);
+  /* what gRPC sends: "gzip" is a gzip stream, "deflate" a zlib stream */
+  if (inflateInit2(&zs, alg == GRPC_COMPRESS_GZIP ? 15 + 16 : 15) != Z_OK) {
+    snprintf(msg, cap, "out of memory");
+    return GRPC_STATUS_RESOURCE_EXHAUSTED;
+  }
+  size_t size = limit < 65536 ? limit + 1 : 65536, used = 0;
+  uint8_t *o = malloc(size);
+  int code = 0, zrc = Z_OK;
+  const grpc_slice_buffer *in = &bb->data.raw.slice_buffer;
+  for (size_t si = 0; o && si < in->count && zrc != Z_STREAM_END && !code; si++) {
+    zs.next_in = (Bytef *)GRPC_SLICE_START_PTR(in->slices[si]);
+    zs.avail_in = (uInt)GRPC_SLICE_LENGTH(in->slices[si]);
+    while (zs.avail_in > 0 && zrc != Z_STREAM_END) {
+      if (used == size) { /* grow, never past limit + 1 (one byte over says "too big") */
+        size_t ns = size * 2 < limit + 1 ? size * 2 : limit + 1;
+        uint8_t *no = ns > size ? realloc(o, ns) : NULL;
+        if (!no) {
+          if (ns > size) {
+            snprintf(msg, cap, "out of memory inflating the request");
+            code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+          } else {
+            snprintf(msg, cap,
+                     "the %s-compressed request inflates to more than --max-message-bytes "
+                     "(%zu bytes); refused without inflating the rest",
+                     name, limit);
+            code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+          }
+          break;
+        }
+        o = no;
+        size = ns;
+      }
+      zs.next_out = o + used;
+      zs.avail_out = (uInt)(size - used);
+      zrc = inflate(&zs, Z_NO_FLUSH);
+      used = size - zs.avail_out;
+      if (zrc != Z_OK && zrc != Z_STREAM_END && zrc != Z_BUF_ERROR) {
+        snprintf(msg, cap, "the %s-compressed request is corrupt (zlib: %s)", name,
+                 zs.msg ? zs.msg : "error");
+        code = GRPC_STATUS_INVALID_ARGUMENT;
+        break;
+      }
+      if (used > limit) {
+        snprintf(msg, cap,
+                 "the %s-compressed request inflates to more than --max-message-bytes "
+                 "(%zu bytes); refused without inflating the rest",
+                 name, limit);
+        code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+        break;
+      }
+    }
+    if (!code && zrc == Z_STREAM_END && (zs.avail_in > 0 || si + 1 < in->count)) {
+      snprintf(msg, cap, "the %s-compressed request has bytes after its end", name);
+      code = GRPC_STATUS_INVALID_ARGUMENT;
+    }
+  }
+  if (!o && !code) {
+    snprintf(msg, cap, "out of memory inflating the request");
+    code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+  }
+  if (!code && zrc != Z_STREAM_END) {
+    snprintf(msg, cap, "the %s-compressed request is truncated", name);
+    code = GRPC_STATUS_INVALID_ARGUMENT;
+  }
+  inflateEnd(&zs);
+  if (code) {
+    free(o);
+    return code;
+  }
+  *out = grpc_slice_new(o, used, free);
+  return 0;
+}
+
+/* The request payload as one slice (empty when absent), inflated if it came compressed. 0, or a
+ * gRPC status code with msg (the caller answers it). */
+static int payload_bytes(call *k, grpc_slice *out, char *msg, size_t cap) {
+  *out = grpc_empty_slice();
   if (!k->payload)
-    return grpc_empty_slice();
+    return 0;
+  if (k->payload->type == GRPC_BB_RAW && k->payload->data.raw.compression != GRPC_COMPRESS_NONE)
+    return inflate_payload(k->payload, (size_t)k->srv->o.max_message_bytes, out, msg, cap);
   grpc_byte_buffer_reader r;
   if (!grpc_byte_buffer_reader_init(&r, k->payload))
-    return grpc_empty_slice();
-  grpc_slice s = grpc_byte_buffer_reader_readall(&r);
+    return 0;
+  *out = grpc_byte_buffer_reader_readall(&r);
   grpc_byte_buffer_reader_destroy(&r);
-  return s;
+  return 0;
 }
 
 static const int JOB_CODE[] = {
@@ -465,11 +557,14 @@ static void handle_recommend(call *k) {
           NULL);
     return;
   }
-  grpc_slice bytes = payload_slice(k);
+  grpc_slice bytes;
+  int code = payload_bytes(k, &bytes, msg, sizeof msg);
   const uint8_t *p = GRPC_SLICE_START_PTR(bytes);
   size_t n = GRPC_SLICE_LENGTH(bytes);
   vt_wire_request w = {0};
-  int code = GRPC_STATUS_INVALID_ARGUMENT;
+  if (code)
+    goto refuse;
+  code = GRPC_STATUS_INVALID_ARGUMENT;
   if (!k->payload) {
     snprintf(msg, sizeof msg, "no request message");
     goto refuse;
@@ -534,12 +629,14 @@ refuse:
 
 static void handle_info(call *k) {
   vt_server *srv = k->srv;
-  grpc_slice bytes = payload_slice(k);
+  grpc_slice bytes;
   vt_err err = {0};
-  int bad = vt_wire_getinfo(GRPC_SLICE_START_PTR(bytes), GRPC_SLICE_LENGTH(bytes), &err);
+  int code = payload_bytes(k, &bytes, err.msg, sizeof err.msg);
+  if (!code && vt_wire_getinfo(GRPC_SLICE_START_PTR(bytes), GRPC_SLICE_LENGTH(bytes), &err))
+    code = GRPC_STATUS_INVALID_ARGUMENT;
   grpc_slice_unref(bytes);
-  if (bad) {
-    reply(k, GRPC_STATUS_INVALID_ARGUMENT, err.msg, NULL);
+  if (code) {
+    reply(k, code, err.msg, NULL);
     return;
   }
   pthread_mutex_lock(&srv->mu);
@@ -651,17 +748,19 @@ static void watch_pump(call *k) {
 
 /* The service a health request names: 1 with *known set, or 0 after refusing the call. */
 static int health_service(call *k, int *known) {
-  grpc_slice bytes = payload_slice(k);
-  const char *svc;
-  size_t len;
+  grpc_slice bytes;
+  const char *svc = "";
+  size_t len = 0;
   vt_err err = {0};
-  int bad = vt_wire_health(GRPC_SLICE_START_PTR(bytes), GRPC_SLICE_LENGTH(bytes), &svc, &len,
-                           &err);
-  *known = !bad && (len == 0 || (len == 21 && memcmp(svc, "vitrine.v1.Storefront", 21) == 0));
+  int code = payload_bytes(k, &bytes, err.msg, sizeof err.msg);
+  if (!code && vt_wire_health(GRPC_SLICE_START_PTR(bytes), GRPC_SLICE_LENGTH(bytes), &svc, &len,
+                              &err))
+    code = GRPC_STATUS_INVALID_ARGUMENT;
+  *known = !code && (len == 0 || (len == 21 && memcmp(svc, "vitrine.v1.Storefront", 21) == 0));
   grpc_slice_unref(bytes);
-  if (bad)
-    reply(k, GRPC_STATUS_INVALID_ARGUMENT, err.msg, NULL);
-  return !bad;
+  if (code)
+    reply(k, code, err.msg, NULL);
+  return !code;
 }
 
 static void handle_watch(call *k) {
@@ -883,13 +982,17 @@ int vt_server_start(vt_server **out, const vt_server_opts *o, vt_metrics *m, int
   pthread_mutex_init(&srv->mu, &ma);
   pthread_mutexattr_destroy(&ma);
   pthread_cond_init(&srv->cv, NULL);
-  grpc_arg args[2];
-  args[0].type = args[1].type = GRPC_ARG_INTEGER;
+  /* --max-message-bytes bounds a request on the wire (gRPC's check) and inflated (ours: gRPC's
+   * own decompression is off, see inflate_payload) */
+  grpc_arg args[3];
+  args[0].type = args[1].type = args[2].type = GRPC_ARG_INTEGER;
   args[0].key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
   args[0].value.integer = o->max_message_bytes;
   args[1].key = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
   args[1].value.integer = o->max_message_bytes;
-  grpc_channel_args ca = {2, args};
+  args[2].key = GRPC_ARG_ENABLE_PER_MESSAGE_DECOMPRESSION;
+  args[2].value.integer = 0;
+  grpc_channel_args ca = {3, args};
   srv->server = grpc_server_create(&ca, NULL);
   srv->cqs = calloc((size_t)srv->n_cq, sizeof *srv->cqs);
   if (!srv->server || !srv->cqs) {

@@ -93,6 +93,39 @@ def proc_kb(pid, field):
     raise AssertionError(field)
 
 
+# ---- 1. compressed bombs ----
+def test_compressed_bomb_refused_before_inflating(server_factory, base):
+    srv = server_factory()
+    ok = srv.recommend(base, timeout=10)  # warm: the first call's allocations are not the bomb's
+    assert ok.sections
+    hwm0 = proc_kb(srv.proc.pid, "VmHWM")
+    rss0 = proc_kb(srv.proc.pid, "VmRSS")
+    inflated = 256 << 20
+    bomb = f_bytes(4, bytes(inflated))  # a 256 MiB shopper_id of zeros: ~260 KB gzip-compressed
+    msg = refused(srv, bomb, "inflates to more than", grpc.StatusCode.RESOURCE_EXHAUSTED,
+                  compression=grpc.Compression.Gzip)
+    assert "--max-message-bytes" in msg
+    hwm1 = proc_kb(srv.proc.pid, "VmHWM")
+    rss1 = proc_kb(srv.proc.pid, "VmRSS")
+    assert hwm1 - hwm0 < 32 << 10, f"peak RSS grew {(hwm1 - hwm0) >> 10} MiB"
+    assert rss1 - rss0 < 16 << 10, f"RSS grew {(rss1 - rss0) >> 10} MiB"
+    # the same bomb deflate-compressed, and one just over the limit
+    refused(srv, bomb, "inflates to more than", grpc.StatusCode.RESOURCE_EXHAUSTED,
+            compression=grpc.Compression.Deflate)
+    refused(srv, f_bytes(4, bytes((4 << 20) - 3)), "inflates to more than",
+            grpc.StatusCode.RESOURCE_EXHAUSTED, compression=grpc.Compression.Gzip)
+    # compressed requests under the limit are answered, as uncompressed ones are
+    for c in (grpc.Compression.Gzip, grpc.Compression.Deflate):
+        got = srv.recommend(base, timeout=10, compression=c)
+        assert [s.theme.id for s in got.sections] == [s.theme.id for s in ok.sections]
+        assert srv.info(pb.GetInfoRequest(), timeout=5, compression=c).products > 0
+        assert srv.check(health_pb2.HealthCheckRequest(), timeout=5, compression=c).status == \
+            health_pb2.HealthCheckResponse.SERVING
+    m = srv.metrics()
+    assert metric_value(m, "vitrine_requests_total", method=RECOMMEND,
+                        code="RESOURCE_EXHAUSTED") == 3
+
+
 # ---- 2. NUL bytes inside strings ----
 def test_nul_bytes_in_strings_refused_naming_the_field(shared_server, base):
     raw = base.SerializeToString()
