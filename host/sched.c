@@ -336,9 +336,43 @@ void vt_sched_publish(vt_sched *s, vt_gen *g) {
   vt_gen_unref(old);
 }
 
+/* Unlinks every expired or cancelled job (s->mu held) into *dropped, oldest first per level. */
+static void purge_dead(vt_sched *s, vt_job **dropped, int64_t now) {
+  for (int p = 0; p < VT_N_PRIOS; p++) {
+    vt_job *prev = NULL, *j = s->head[p];
+    while (j) {
+      vt_job *next = j->next;
+      int dead = j->deadline_ns <= now           ? VT_JOB_EXPIRED
+                 : atomic_load(&j->cancelled) ? VT_JOB_CANCELLED
+                                              : VT_JOB_OK;
+      if (dead) {
+        if (prev)
+          prev->next = next;
+        else
+          s->head[p] = next;
+        if (s->tail[p] == j)
+          s->tail[p] = prev;
+        s->depth--;
+        j->status = dead;
+        j->next = *dropped;
+        *dropped = j;
+      } else {
+        prev = j;
+      }
+      j = next;
+    }
+  }
+}
+
 int vt_sched_submit(vt_sched *s, vt_job *j) {
   pthread_mutex_lock(&s->mu);
   int rc = 0;
+  vt_job *dropped = NULL;
+  int64_t now = vt_now_ns();
+  /* a full queue first lets go of the calls nobody waits for any more: they never count
+   * against its capacity */
+  if (!s->stopping && s->depth >= s->o.capacity)
+    purge_dead(s, &dropped, now);
   if (s->stopping)
     rc = VT_SCHED_CLOSED;
   else if (s->depth >= s->o.capacity)
@@ -350,11 +384,12 @@ int vt_sched_submit(vt_sched *s, vt_job *j) {
     if (j->priority < 0 || j->priority >= VT_N_PRIOS)
       j->priority = VT_PRIO_NORMAL;
     push(s, j);
-    if (s->m)
-      vt_metrics_queue_depth(s->m, s->depth);
     pthread_cond_signal(&s->work);
   }
+  if (s->m && (rc == 0 || dropped))
+    vt_metrics_queue_depth(s->m, s->depth);
   pthread_mutex_unlock(&s->mu);
+  finish_dropped(dropped, now);
   return rc;
 }
 

@@ -46,8 +46,10 @@ enum { VT_PRIO_HIGH = 0, VT_PRIO_NORMAL = 1, VT_N_PRIOS = 2 };
 enum { VT_JOB_OK = 0, VT_JOB_EXPIRED, VT_JOB_CANCELLED, VT_JOB_FAILED, VT_JOB_SHUTDOWN };
 
 typedef struct vt_job vt_job;
-/* Called once per submitted job, on a worker thread (or on the thread calling vt_sched_stop),
- * with the job's status and, for VT_JOB_OK, its storefront (valid during the call only). */
+/* Called once per submitted job, on a worker thread (or on the thread calling vt_sched_free, or
+ * for an expired or cancelled job that a full queue lets go of, on the thread calling
+ * vt_sched_submit), with the job's status and, for VT_JOB_OK, its storefront (valid during the
+ * call only). */
 typedef void (*vt_job_done_fn)(vt_job *j, const vt_storefront *s);
 
 struct vt_job {
@@ -84,7 +86,9 @@ void vt_sched_publish(vt_sched *s, vt_gen *g);
 
 enum { VT_SCHED_FULL = 1, VT_SCHED_CLOSED = 2 };
 /* Queues j: 0, VT_SCHED_FULL (capacity reached) or VT_SCHED_CLOSED (stopping). On non-zero the
- * job was not taken and done() will not be called. */
+ * job was not taken and done() will not be called. A full queue first finishes the expired and
+ * cancelled jobs it holds (VT_JOB_EXPIRED / VT_JOB_CANCELLED, done() called here), so only calls
+ * someone still waits for count against the capacity. */
 int vt_sched_submit(vt_sched *s, vt_job *j);
 long vt_sched_depth(vt_sched *s);
 /* Waits until nothing is queued or running: 0, or -1 after timeout_ms. */

@@ -15,6 +15,7 @@
 #include <grpc/grpc.h>
 #include <grpc/grpc_security.h>
 #include <grpc/slice.h>
+#include <grpc/support/alloc.h>
 #include <grpc/support/log.h>
 #include <grpc/support/time.h>
 #include <zlib.h>
@@ -193,6 +194,8 @@ typedef struct call {
   grpc_slice details;
   int code;
   int counted_inflight;
+  int count_at_close; /* code counted (and logged) when the call ends: CANCELLED if the client
+                         had gone by then (an abandoned call is no bad request) */
   vt_job job;
   char shopper[64];
   int md_sent; /* initial metadata went out (Watch sends it with its first message) */
@@ -222,6 +225,19 @@ static void call_unref(call *k) {
     return;
   if (k->counted_inflight)
     vt_metrics_inflight_add(k->srv->m, -1);
+  if (k->count_at_close) {
+    int code = k->cancelled ? GRPC_STATUS_CANCELLED : k->code;
+    vt_metrics_request(k->srv->m, k->method, code);
+    if (k->srv->o.log_requests) {
+      char c[16], *d = grpc_slice_to_c_string(k->details);
+      snprintf(c, sizeof c, "%d", code);
+      vt_log("info", "recommend", "shopper", "", "code", c, "message",
+             code == GRPC_STATUS_CANCELLED ? "the call ended before its request message arrived"
+                                           : d,
+             NULL);
+      gpr_free(d);
+    }
+  }
   grpc_metadata_array_destroy(&k->md);
   if (k->payload)
     grpc_byte_buffer_destroy(k->payload);
@@ -286,7 +302,8 @@ static void reply(call *k, int code, const char *msg, grpc_byte_buffer *resp) {
     k->counted_inflight = 0;
     vt_metrics_inflight_add(k->srv->m, -1);
   }
-  vt_metrics_request(k->srv->m, k->method, code);
+  if (!k->count_at_close)
+    vt_metrics_request(k->srv->m, k->method, code);
   grpc_call_error e = grpc_call_start_batch(k->c, k->send_ops, (size_t)n, &k->send_tag, NULL);
   if (e != GRPC_CALL_OK) {
     char ec[16];
@@ -566,7 +583,15 @@ static void handle_recommend(call *k) {
     goto refuse;
   code = GRPC_STATUS_INVALID_ARGUMENT;
   if (!k->payload) {
-    snprintf(msg, sizeof msg, "no request message");
+    /* the client went away before its message arrived (a deadline of a few ms, a cancel), or
+     * sent none: an abandoned call is counted as such, not as a bad request */
+    if (gpr_time_cmp(gpr_now(k->deadline.clock_type), k->deadline) >= 0) {
+      code = GRPC_STATUS_DEADLINE_EXCEEDED;
+      snprintf(msg, sizeof msg, "the deadline passed before the request message arrived");
+    } else {
+      snprintf(msg, sizeof msg, "no request message");
+      k->count_at_close = 1;
+    }
     goto refuse;
   }
   vt_wire_limits lim = {srv->o.max_request_events, MAX_ID_BYTES};
@@ -619,7 +644,7 @@ refuse:
   vt_wire_request_free(&w);
   grpc_slice_unref(bytes);
   vt_gen_unref(g);
-  if (srv->o.log_requests) {
+  if (srv->o.log_requests && !k->count_at_close) {
     char c[16];
     snprintf(c, sizeof c, "%d", code);
     vt_log("info", "recommend", "shopper", k->shopper, "code", c, "message", msg, NULL);

@@ -280,6 +280,61 @@ def test_protobuf_framing_like_standard_parsers(shared_server, base):
     refused(shared_server, f_bytes(1, b"\xff"), "service is not valid UTF-8", stub=check)
 
 
+# ---- 7. deadline storms ----
+def wait_metrics(srv, pred, timeout=10):
+    end = time.monotonic() + timeout
+    while True:
+        m = srv.metrics()
+        if pred(m) or time.monotonic() > end:
+            return m
+        time.sleep(0.05)
+
+
+def test_deadline_storm_counted_as_abandoned(server_factory, base):
+    srv = server_factory()
+    futs = [srv.recommend.future(base, timeout=0.001) for _ in range(2000)]
+    for f in futs:
+        try:
+            f.result()
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED, (e.code(), e.details())
+
+    def settled(m):
+        return metric_value(m, "vitrine_inflight_requests") == 0
+
+    m = wait_metrics(srv, settled)
+    time.sleep(0.5)
+    m = srv.metrics()
+    counts = {c: metric_value(m, "vitrine_requests_total", method=RECOMMEND, code=c) or 0
+              for c in ("OK", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "CANCELLED")}
+    assert counts["INVALID_ARGUMENT"] == 0, counts
+    assert counts["DEADLINE_EXCEEDED"] + counts["CANCELLED"] > 0, counts
+    assert srv.recommend(base, timeout=10).sections
+
+
+def test_expired_calls_leave_a_full_queue(server_factory, base):
+    srv = server_factory("--queue-capacity", "16", "--max-queue-delay-us", "0",
+                         "--compute-delay-us", "1500000")
+    blocker = srv.recommend.future(base, timeout=30)
+    wait_metrics(srv, lambda m: metric_value(m, "vitrine_inflight_requests") == 1 and
+                 metric_value(m, "vitrine_queue_depth") == 0)
+    doomed = [srv.recommend.future(base, timeout=0.3) for _ in range(16)]
+    m = wait_metrics(srv, lambda m: metric_value(m, "vitrine_queue_depth") == 16, 5)
+    assert metric_value(m, "vitrine_queue_depth") == 16
+    for f in doomed:
+        with pytest.raises(grpc.RpcError):
+            f.result()
+    time.sleep(0.2)  # every queued call has expired; the worker is still busy with the blocker
+    fresh = [srv.recommend.future(base, timeout=30) for _ in range(8)]
+    for f in fresh:
+        assert f.result().sections  # accepted: the expired calls made room
+    assert blocker.result().sections
+    m = srv.metrics()
+    assert metric_value(m, "vitrine_requests_total", method=RECOMMEND, code="UNAVAILABLE") is None
+    assert metric_value(m, "vitrine_requests_total", method=RECOMMEND,
+                        code="DEADLINE_EXCEEDED") == 16
+
+
 # ---- 9. one tokenisation: the reference's whitespace, in C too ----
 # every character Python's str.split() splits on (str.isspace): what docs/SERVER.md lists
 SPACES = [0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x1F, 0x20, 0x85, 0xA0, 0x1680,
