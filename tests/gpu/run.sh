@@ -51,7 +51,11 @@ cat "$RESULTS/machine.txt"
 # ---- the pack ---------------------------------------------------------------------------------
 [ -f "$PACK" ] || { echo "run.sh: $PACK is missing: make gpu-pack (here: see the file's header)"; exit 2; }
 P=$(mktemp -d /tmp/vitrine-pack.XXXXXX)
-python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$PACK" "$P" \
+python3 -c '
+import sys, tarfile
+t = tarfile.open(sys.argv[1])
+t.extractall(sys.argv[2], **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+' "$PACK" "$P" \
   || { echo "run.sh: cannot unpack $PACK"; exit 2; }
 chmod +x "$P"/bin/*
 # the machine's CUDA libraries: the toolkit's, else those PyTorch's wheels bring
