@@ -2,16 +2,13 @@
  * endpoint renders a snapshot under it. */
 #include "metrics.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 
-#include <microhttpd.h>
+#include "httpd.h"
 
 #define N_CODES 17
 #define VT_METRICS_MAX_WORKERS 64
@@ -48,7 +45,7 @@ struct vt_metrics {
   int n_workers; /* highest worker seen + 1 */
   int serving;
   char model[128], catalog[128];
-  struct MHD_Daemon *http;
+  vt_httpd *http;
 };
 
 static void hist_init(hist *h, const double *bounds, int n) {
@@ -81,8 +78,7 @@ vt_metrics *vt_metrics_create(void) {
 void vt_metrics_free(vt_metrics *m) {
   if (!m)
     return;
-  if (m->http)
-    MHD_stop_daemon(m->http);
+  vt_httpd_stop(m->http);
   pthread_mutex_destroy(&m->mu);
   free(m);
 }
@@ -273,61 +269,11 @@ char *vt_metrics_render(vt_metrics *m) {
   return b.p;
 }
 
-/* ---- HTTP ---- */
-static enum MHD_Result on_http(void *cls, struct MHD_Connection *conn, const char *url,
-                               const char *method, const char *version, const char *upload_data,
-                               size_t *upload_size, void **req_cls) {
-  (void)version;
-  (void)upload_data;
-  (void)upload_size;
-  (void)req_cls;
-  vt_metrics *m = cls;
-  struct MHD_Response *r;
-  unsigned code = MHD_HTTP_OK;
-  if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
-    static const char msg[] = "only GET\n";
-    r = MHD_create_response_from_buffer(sizeof msg - 1, (void *)msg, MHD_RESPMEM_PERSISTENT);
-    code = MHD_HTTP_METHOD_NOT_ALLOWED;
-  } else if (strcmp(url, "/metrics") != 0 && strcmp(url, "/") != 0) {
-    static const char msg[] = "not found: the metrics are at /metrics\n";
-    r = MHD_create_response_from_buffer(sizeof msg - 1, (void *)msg, MHD_RESPMEM_PERSISTENT);
-    code = MHD_HTTP_NOT_FOUND;
-  } else {
-    char *text = vt_metrics_render(m);
-    if (!text) {
-      static const char msg[] = "out of memory\n";
-      r = MHD_create_response_from_buffer(sizeof msg - 1, (void *)msg, MHD_RESPMEM_PERSISTENT);
-      code = MHD_HTTP_INTERNAL_SERVER_ERROR;
-    } else {
-      r = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
-      if (r)
-        MHD_add_response_header(r, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
-      else
-        free(text);
-    }
-  }
-  if (!r)
-    return MHD_NO;
-  enum MHD_Result ret = MHD_queue_response(conn, code, r);
-  MHD_destroy_response(r);
-  return ret;
-}
+/* ---- HTTP (host/httpd.c: deadlines from the accept, a capped table that closes its oldest
+ * connection, so slow or idle clients never block a scrape) ---- */
+static char *render_cb(void *arg) { return vt_metrics_render(arg); }
 
 int vt_metrics_listen(vt_metrics *m, const char *host, int port, int *bound, vt_err *err) {
-  struct sockaddr_in sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sin_family = AF_INET;
-  sa.sin_port = htons((uint16_t)port);
-  if (port < 0 || port > 65535 || inet_pton(AF_INET, host, &sa.sin_addr) != 1)
-    return vt_fail(err, VT_EINVAL, "metrics address '%s:%d' is not an IPv4 address and port",
-                   host, port);
-  m->http = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, 0, NULL, NULL,
-                             on_http, m, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
-                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10,
-                             MHD_OPTION_CONNECTION_LIMIT, (unsigned)64, MHD_OPTION_END);
-  if (!m->http)
-    return vt_fail(err, VT_EIO, "cannot serve metrics on %s:%d", host, port);
-  const union MHD_DaemonInfo *info = MHD_get_daemon_info(m->http, MHD_DAEMON_INFO_BIND_PORT);
-  *bound = info ? info->port : port;
-  return VT_OK;
+  return vt_httpd_start(&m->http, host, port, "text/plain; version=0.0.4; charset=utf-8",
+                        render_cb, m, bound, err);
 }

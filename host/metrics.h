@@ -1,5 +1,6 @@
 /* Prometheus metrics for `vitrine serve`: counters, gauges and histograms kept in memory and served
- * as Prometheus text (version 0.0.4) over HTTP by libmicrohttpd on its own port (GET /metrics).
+ * as Prometheus text (version 0.0.4) over HTTP on its own port (GET /metrics; host/httpd.h: slow
+ * and excess connections are closed so that scrapes keep working).
  * Every function is thread-safe. */
 #ifndef VITRINE_HOST_METRICS_H
 #define VITRINE_HOST_METRICS_H

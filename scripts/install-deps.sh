@@ -7,7 +7,7 @@ PKGS=(
   python3-pytest                     # the reference model's tests
   libcjson-dev libopenblas-dev libssl-dev libcriterion-dev  # the C engine: manifest JSON, GEMM, sha256, tests
   valgrind                           # leak checks
-  libgrpc-dev libprotobuf-c-dev protobuf-c-compiler libmicrohttpd-dev grpc-proto  # vitrine serve
+  libgrpc-dev libprotobuf-c-dev protobuf-c-compiler grpc-proto  # vitrine serve
   zlib1g-dev                         # vitrine serve: compressed requests, inflated with a bound
   protobuf-compiler python3-grpcio python3-protobuf python3-prometheus-client  # server tests, demo
   python3-matplotlib                 # bench/plot.py (its test is in make test)
