@@ -437,6 +437,15 @@ static const int JOB_CODE[] = {
     [VT_JOB_SHUTDOWN] = GRPC_STATUS_UNAVAILABLE,
 };
 
+/* A refusal before compute (bad input, overload, draining) with --log-requests: one line. */
+static void log_refusal(call *k, int code, const char *msg) {
+  if (!k->srv->o.log_requests)
+    return;
+  char c[16];
+  snprintf(c, sizeof c, "%d", code);
+  vt_log("info", "recommend", "shopper", k->shopper, "code", c, "message", msg, NULL);
+}
+
 static void log_request(call *k, int code, const char *msg) {
   if (!k->srv->o.log_requests)
     return;
@@ -568,10 +577,11 @@ static void handle_recommend(call *k) {
   vt_gen *g = refuse ? NULL : vt_sched_gen(srv->sched);
   pthread_mutex_unlock(&srv->mu);
   if (refuse) {
-    reply(k, GRPC_STATUS_UNAVAILABLE,
-          starting ? "the server is starting (loading and warming up the model): retry shortly"
-                   : "the server is draining (shutting down): retry elsewhere",
-          NULL);
+    const char *why = starting
+                          ? "the server is starting (loading and warming up the model): retry shortly"
+                          : "the server is draining (shutting down): retry elsewhere";
+    log_refusal(k, GRPC_STATUS_UNAVAILABLE, why);
+    reply(k, GRPC_STATUS_UNAVAILABLE, why, NULL);
     return;
   }
   grpc_slice bytes;
@@ -633,22 +643,19 @@ static void handle_recommend(call *k) {
   vt_metrics_inflight_add(srv->m, -1);
   k->job.gen = NULL;
   vt_gen_unref(g);
-  if (src == VT_SCHED_FULL)
-    reply(k, GRPC_STATUS_UNAVAILABLE,
-          "overloaded: the request queue is full; nothing was computed, retry with backoff", NULL);
-  else
-    reply(k, GRPC_STATUS_UNAVAILABLE, "the server is draining (shutting down): retry elsewhere",
-          NULL);
+  const char *why =
+      src == VT_SCHED_FULL
+          ? "overloaded: the request queue is full; nothing was computed, retry with backoff"
+          : "the server is draining (shutting down): retry elsewhere";
+  log_refusal(k, GRPC_STATUS_UNAVAILABLE, why);
+  reply(k, GRPC_STATUS_UNAVAILABLE, why, NULL);
   return;
 refuse:
   vt_wire_request_free(&w);
   grpc_slice_unref(bytes);
   vt_gen_unref(g);
-  if (srv->o.log_requests && !k->count_at_close) {
-    char c[16];
-    snprintf(c, sizeof c, "%d", code);
-    vt_log("info", "recommend", "shopper", k->shopper, "code", c, "message", msg, NULL);
-  }
+  if (!k->count_at_close)
+    log_refusal(k, code, msg);
   reply(k, code, msg, NULL);
 }
 

@@ -335,6 +335,57 @@ def test_expired_calls_leave_a_full_queue(server_factory, base):
                         code="DEADLINE_EXCEEDED") == 16
 
 
+# ---- 8. a slowloris on the metrics port ----
+def test_metrics_survive_slowloris(server_factory):
+    srv = server_factory()
+    stop = threading.Event()
+    socks = []
+    for _ in range(80):
+        s = socket.create_connection(("127.0.0.1", srv.metrics_port), timeout=5)
+        s.sendall(b"G")
+        socks.append(s)
+
+    def trickle():
+        while not stop.wait(1.0):
+            for s in socks:
+                try:
+                    s.sendall(b"E")
+                except OSError:
+                    pass
+
+    t = threading.Thread(target=trickle, daemon=True)
+    t.start()
+    try:
+        end = time.monotonic() + 8
+        n = 0
+        while time.monotonic() < end:
+            t0 = time.monotonic()
+            url = f"http://127.0.0.1:{srv.metrics_port}/metrics"
+            with urllib.request.urlopen(url, timeout=3) as r:
+                assert r.status == 200 and b"vitrine_serving 1" in r.read()
+            assert time.monotonic() - t0 < 2.5
+            n += 1
+            time.sleep(0.25)
+        assert n >= 15
+        # every slow connection has been closed by the server by now (8 s > the header deadline)
+        closed = 0
+        for s in socks:
+            s.settimeout(0.5)
+            try:
+                closed += s.recv(1024) == b""
+            except (ConnectionResetError, BrokenPipeError):
+                closed += 1
+            except socket.timeout:
+                pass
+        assert closed == len(socks), closed
+    finally:
+        stop.set()
+        t.join(5)
+        for s in socks:
+            s.close()
+    assert srv.health() == health_pb2.HealthCheckResponse.SERVING
+
+
 # ---- 9. one tokenisation: the reference's whitespace, in C too ----
 # every character Python's str.split() splits on (str.isspace): what docs/SERVER.md lists
 SPACES = [0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x1F, 0x20, 0x85, 0xA0, 0x1680,
@@ -360,3 +411,27 @@ def test_tokeniser_matches_the_reference():
     want = [tables.vocab.encode(t) for t in texts]
     assert got == want
     assert got[0] == [tables.vocab.stoi["scented"], tables.vocab.stoi["scarf"]]
+
+
+# ---- 10. --log-requests logs the refusals too: overload and draining ----
+def test_overload_and_draining_refusals_logged(server_factory, base):
+    srv = server_factory("--log-requests", "--max-batch", "1", "--queue-capacity", "1",
+                         "--max-queue-delay-us", "0", "--compute-delay-us", "800000",
+                         "--drain-timeout-ms", "20000")
+    blocker = srv.recommend.future(base, timeout=30)
+    wait_metrics(srv, lambda m: metric_value(m, "vitrine_inflight_requests") == 1 and
+                 metric_value(m, "vitrine_queue_depth") == 0)
+    queued = srv.recommend.future(base, timeout=30)
+    wait_metrics(srv, lambda m: metric_value(m, "vitrine_queue_depth") == 1, 5)
+    with pytest.raises(grpc.RpcError) as e:
+        srv.recommend(base, timeout=10)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE and "overloaded" in e.value.details()
+    srv.wait_for(r"\brecommend\b.*\b14\b.*overloaded: the request queue is full", 5)
+    srv.sigterm()
+    srv.wait_for(r"\bdraining\b", 5)
+    with pytest.raises(grpc.RpcError) as e:
+        srv.recommend(base, timeout=10)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE and "draining" in e.value.details()
+    srv.wait_for(r"\brecommend\b.*\b14\b.*the server is draining", 5)
+    assert blocker.result().sections and queued.result().sections  # nothing accepted is lost
+    assert srv.proc.wait(15) == 0
