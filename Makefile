@@ -7,7 +7,7 @@ REQUEST ?= train/demo_request.json
 MODEL_SRC := train/shop.py train/model.py train/data.py train/vocab.py train/calendar.py train/train.py
 
 .PHONY: all deps configure build demo test bundle golden eval parity bench-cpu check-asan \
-	check-valgrind beauty-eval bench-serve gpu-pack clean
+	check-valgrind beauty-eval bench-serve gpu-pack fuzz clean
 
 all: build
 
@@ -90,6 +90,21 @@ check-asan: deps
 	@cmake --build $(BUILD)-asan -j2
 	cd $(BUILD)-asan && ctest --output-on-failure -E "reference_model|server|gpu_pack"
 	@! grep -E "ERROR: (Address|Leak)Sanitizer|runtime error:" $(BUILD)-asan/Testing/Temporary/LastTest.log
+
+# libFuzzer on the parsers (tests/fuzz/README.md): a clang build with ASan+UBSan in
+# $(BUILD)-fuzz, then each target for FUZZ_SECONDS; a finding is written to
+# tests/fuzz/regressions/<target>/ (replayed by `make test`) and fails the target.
+# `make fuzz FUZZ_TARGETS="wire request"` for some only.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= request wire safetensors bundle catalog
+fuzz: deps
+	@cmake -S . -B $(BUILD)-fuzz -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
+	  -DVITRINE_FUZZ=ON -DVITRINE_CUDA=OFF -DVITRINE_CUDA_EMU=OFF \
+	  -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@cmake --build $(BUILD)-fuzz -j2 --target $(FUZZ_TARGETS:%=fuzz_%)
+	@[ -f $(BUILD)-fuzz/fixture/bundle/manifest.json ] || \
+	  $(PY) -m train.fixture --out $(BUILD)-fuzz/fixture >/dev/null
+	FUZZ_SECONDS=$(FUZZ_SECONDS) tests/fuzz/run.sh $(BUILD)-fuzz $(FUZZ_TARGETS)
 
 # valgrind on the CLI, for a storefront and for a refused request: no errors, no leaks
 check-valgrind: build bundle
