@@ -549,6 +549,16 @@ static void job_done(vt_job *j, const vt_storefront *s) {
     if (!bb) {
       code = GRPC_STATUS_INTERNAL;
       snprintf(j->msg, sizeof j->msg, "out of memory encoding the answer");
+    } else if (grpc_byte_buffer_length(bb) > (size_t)k->srv->o.max_message_bytes) {
+      /* gRPC would refuse to send it (RESOURCE_EXHAUSTED) after we counted an OK: say it here,
+       * counted and logged as what the client gets */
+      code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+      snprintf(j->msg, sizeof j->msg,
+               "the answer is %zu bytes, above --max-message-bytes %d: ask for fewer sections, "
+               "keywords or products",
+               grpc_byte_buffer_length(bb), k->srv->o.max_message_bytes);
+      grpc_byte_buffer_destroy(bb);
+      bb = NULL;
     }
     vt_gen_unref(g);
     j->gen = NULL;

@@ -435,3 +435,20 @@ def test_overload_and_draining_refusals_logged(server_factory, base):
     srv.wait_for(r"\brecommend\b.*\b14\b.*the server is draining", 5)
     assert blocker.result().sections and queued.result().sections  # nothing accepted is lost
     assert srv.proc.wait(15) == 0
+
+
+# ---- found while documenting the statuses: an answer above --max-message-bytes ----
+def test_answer_above_the_message_limit_counted_as_refused(server_factory, base):
+    srv = server_factory("--max-message-bytes", "1024", "--log-requests")
+    big = pb.RecommendRequest()
+    big.CopyFrom(base)
+    big.sections, big.keywords_per_section, big.products_per_section = 3, 4, 10
+    with pytest.raises(grpc.RpcError) as e:
+        srv.recommend(big, timeout=10)
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "above --max-message-bytes 1024" in e.value.details(), e.value.details()
+    m = srv.metrics()
+    assert (metric_value(m, "vitrine_requests_total", method=RECOMMEND, code="OK") or 0) == 0
+    assert metric_value(m, "vitrine_requests_total", method=RECOMMEND,
+                        code="RESOURCE_EXHAUSTED") == 1
+    srv.wait_for(r"\brecommend\b.*\b8\b.*above --max-message-bytes", 5)
