@@ -40,7 +40,7 @@ struct vt_metrics {
   pthread_mutex_t mu;
   long requests[VT_M_COUNT][N_CODES];
   hist queue, compute, total, batch;
-  long queue_depth, inflight, reloads_ok, reloads_failed;
+  long queue_depth, inflight, reloads_ok, reloads_failed, tls_refused;
   long worker_batches[VT_METRICS_MAX_WORKERS];
   int n_workers; /* highest worker seen + 1 */
   int serving;
@@ -153,6 +153,12 @@ void vt_metrics_reload(vt_metrics *m, int ok) {
   pthread_mutex_unlock(&m->mu);
 }
 
+void vt_metrics_tls_refused(vt_metrics *m) {
+  pthread_mutex_lock(&m->mu);
+  m->tls_refused++;
+  pthread_mutex_unlock(&m->mu);
+}
+
 /* ---- rendering ---- */
 typedef struct sbuf {
   char *p;
@@ -247,8 +253,12 @@ char *vt_metrics_render(vt_metrics *m) {
             "# HELP vitrine_catalog_reloads_total Catalogue reloads by result.\n"
             "# TYPE vitrine_catalog_reloads_total counter\n"
             "vitrine_catalog_reloads_total{result=\"ok\"} %ld\n"
-            "vitrine_catalog_reloads_total{result=\"failed\"} %ld\n",
-            m->queue_depth, m->inflight, m->serving, m->reloads_ok, m->reloads_failed);
+            "vitrine_catalog_reloads_total{result=\"failed\"} %ld\n"
+            "# HELP vitrine_tls_handshakes_refused_total TLS handshakes the gRPC port refused.\n"
+            "# TYPE vitrine_tls_handshakes_refused_total counter\n"
+            "vitrine_tls_handshakes_refused_total %ld\n",
+            m->queue_depth, m->inflight, m->serving, m->reloads_ok, m->reloads_failed,
+            m->tls_refused);
   sb_printf(&b, "# HELP vitrine_worker_batches_total Batches run by each engine worker.\n"
                 "# TYPE vitrine_worker_batches_total counter\n");
   for (int w = 0; w < m->n_workers; w++)

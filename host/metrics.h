@@ -36,6 +36,8 @@ void vt_metrics_serving(vt_metrics *m, int serving);
 void vt_metrics_versions(vt_metrics *m, const char *model, const char *catalog);
 /* A catalogue reload: ok 1 or 0. */
 void vt_metrics_reload(vt_metrics *m, int ok);
+/* A TLS handshake the server refused (a plaintext client, an untrusted or missing certificate). */
+void vt_metrics_tls_refused(vt_metrics *m);
 
 /* The whole exposition as text (malloc'd, NUL-terminated; NULL when out of memory). */
 char *vt_metrics_render(vt_metrics *m);

@@ -1,6 +1,7 @@
 /* `vitrine serve`: options (flags and VITRINE_* environment variables), loading, warm-up, the
  * gRPC server, the metrics endpoint, and the lifecycle driven by signals on the main thread:
- * SIGHUP reloads the catalogue, SIGTERM/SIGINT drain and exit 0. */
+ * SIGHUP (or, with --watch-catalog-ms, a change of the catalogue's files) reloads the catalogue;
+ * SIGTERM/SIGINT linger (health NOT_SERVING, still answering), then drain and exit 0. */
 #include "serve.h"
 
 #include <errno.h>
@@ -11,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -30,7 +32,8 @@ typedef struct opt {
 
 enum {
   O_BUNDLE, O_CATALOG, O_LISTEN, O_METRICS, O_WORKERS, O_CQ, O_BATCH, O_DELAY, O_CAPACITY,
-  O_EVENTS, O_MSG, O_DRAIN, O_LOGFMT, O_LOGREQ, O_CDELAY, O_DEVICE, O_GRAPHS, O_N
+  O_EVENTS, O_MSG, O_DRAIN, O_LINGER, O_LOGFMT, O_LOGREQ, O_CDELAY, O_DEVICE, O_GRAPHS,
+  O_TLS_CERT, O_TLS_KEY, O_TLS_CA, O_WATCH, O_N
 };
 
 static opt OPTS[O_N] = {
@@ -61,6 +64,10 @@ static opt OPTS[O_N] = {
     [O_DRAIN] = {"--drain-timeout-ms", "VITRINE_DRAIN_TIMEOUT_MS", "N",
                  "on SIGTERM, how long accepted requests may take to finish", NULL, 10000, 0,
                  3600000},
+    [O_LINGER] = {"--drain-linger-ms", "VITRINE_DRAIN_LINGER_MS", "N",
+                  "on SIGTERM, how long health says NOT_SERVING while calls are still answered "
+                  "(for balancers to catch up) before new calls are refused",
+                  NULL, 5000, 0, 600000},
     [O_LOGFMT] = {"--log-format", "VITRINE_LOG_FORMAT", "text|json", "log line format", "text", 0,
                   0, 0},
     [O_LOGREQ] = {"--log-requests", "VITRINE_LOG_REQUESTS", "0|1",
@@ -75,6 +82,18 @@ static opt OPTS[O_N] = {
     [O_GRAPHS] = {"--cuda-graphs", "VITRINE_CUDA_GRAPHS", "0|1",
                   "CUDA engines replay each batch shape's decode from a CUDA graph", NULL, 0, 0,
                   1},
+    [O_TLS_CERT] = {"--tls-cert", "VITRINE_TLS_CERT", "FILE",
+                    "TLS on the gRPC port: the server's certificate chain (PEM; with --tls-key)",
+                    NULL, 0, 0, 0},
+    [O_TLS_KEY] = {"--tls-key", "VITRINE_TLS_KEY", "FILE", "TLS: the server's private key (PEM)",
+                   NULL, 0, 0, 0},
+    [O_TLS_CA] = {"--tls-client-ca", "VITRINE_TLS_CLIENT_CA", "FILE",
+                  "mutual TLS: clients must present a certificate signed by this CA (PEM)", NULL,
+                  0, 0, 0},
+    [O_WATCH] = {"--watch-catalog-ms", "VITRINE_WATCH_CATALOG_MS", "N",
+                 "reload the catalogue when its files change, looking every N ms (0: only on "
+                 "SIGHUP; follows the symlink swaps of a Kubernetes volume)",
+                 NULL, 0, 0, 3600000},
 };
 
 static void usage(FILE *f) {
@@ -82,8 +101,10 @@ static void usage(FILE *f) {
         "\n"
         "Serves vitrine.v1.Storefront and grpc.health.v1.Health over gRPC, and Prometheus\n"
         "metrics over HTTP. Every option can also be set by its environment variable (a flag\n"
-        "wins over the variable). SIGTERM or SIGINT: drain and exit 0 (a second one stops\n"
-        "waiting for the queue); SIGHUP: reload the catalogue without dropping a request.\n\n",
+        "wins over the variable). SIGTERM or SIGINT: health NOT_SERVING while calls are still\n"
+        "answered for --drain-linger-ms, then new calls refused while accepted ones finish,\n"
+        "exit 0 (another signal ends the linger early; one more stops waiting for the queue);\n"
+        "SIGHUP: reload the catalogue without dropping a request.\n\n",
         f);
   for (int i = 0; i < O_N; i++) {
     const opt *o = &OPTS[i];
@@ -92,7 +113,7 @@ static void usage(FILE *f) {
     fprintf(f, "  %-36s %s\n  %-36s   env %s", left, o->help, "", o->env);
     if (o->sval)
       fprintf(f, ", default %s", o->sval);
-    else if (strcmp(o->arg, "DIR") != 0)
+    else if (strcmp(o->arg, "DIR") != 0 && strcmp(o->arg, "FILE") != 0)
       fprintf(f, ", default %ld", o->ival);
     fputc('\n', f);
   }
@@ -158,6 +179,15 @@ static int parse_opts(int argc, char **argv) {
                     "VITRINE_CATALOG) are required (see --help)\n");
     return -1;
   }
+  if (!OPTS[O_TLS_CERT].sval != !OPTS[O_TLS_KEY].sval) {
+    fprintf(stderr, "vitrine serve: --tls-cert and --tls-key go together (TLS needs both)\n");
+    return -1;
+  }
+  if (OPTS[O_TLS_CA].sval && !OPTS[O_TLS_CERT].sval) {
+    fprintf(stderr, "vitrine serve: --tls-client-ca needs --tls-cert and --tls-key (mutual TLS "
+                    "is TLS first)\n");
+    return -1;
+  }
   const char *lf = OPTS[O_LOGFMT].sval;
   if (strcmp(lf, "text") && strcmp(lf, "json")) {
     fprintf(stderr, "vitrine serve: --log-format must be text or json, not '%s'\n", lf);
@@ -195,15 +225,6 @@ static int poll_signal(const sigset_t *sigs, int timeout_ms) {
   return 0;
 }
 
-/* The next of SIGTERM, SIGINT, SIGHUP. */
-static int next_signal(const sigset_t *sigs) {
-  for (;;) {
-    int sig = poll_signal(sigs, 100);
-    if (sig > 0)
-      return sig;
-  }
-}
-
 static void fmt_long(char *buf, size_t cap, long v) { snprintf(buf, cap, "%ld", v); }
 
 static int reload(vt_sched *s, vt_metrics *m, const vt_bundle *b, vt_model *const *models,
@@ -218,13 +239,13 @@ static int reload(vt_sched *s, vt_metrics *m, const vt_bundle *b, vt_model *cons
     vt_log("error", "reload_failed", "catalog", dir, "error", err.msg, NULL);
     return -1;
   }
-  char ms[32];
+  char ms[32], version[160];
   fmt_long(ms, sizeof ms, (long)((vt_now_ns() - t0) / 1000000));
-  vt_log("info", "reloaded", "catalog", dir, "catalog_version", g->c->catalog_version, "ms", ms,
-         NULL);
-  vt_metrics_versions(m, b->model_version, g->c->catalog_version);
-  vt_sched_publish(s, g);
+  snprintf(version, sizeof version, "%s", g->c->catalog_version);
+  vt_metrics_versions(m, b->model_version, version);
+  vt_sched_publish(s, g); /* live from here: the log line says so only after */
   vt_metrics_reload(m, 1);
+  vt_log("info", "reloaded", "catalog", dir, "catalog_version", version, "ms", ms, NULL);
   return 0;
 }
 
@@ -241,6 +262,62 @@ static int split_addr(const char *a, char *h, size_t cap, int *port) {
     return -1;
   *port = (int)p;
   return 0;
+}
+
+/* A PEM file's text (malloc'd), or NULL with a message naming the option and the file. */
+static char *read_pem(int o, vt_err *err) {
+  const char *path = OPTS[o].sval;
+  FILE *f = fopen(path, "rb");
+  if (!f) {
+    vt_fail(err, VT_EIO, "%s %s: cannot read (%s)", OPTS[o].flag, path, strerror(errno));
+    return NULL;
+  }
+  size_t cap = 1 << 16, n = 0;
+  char *p = malloc(cap + 1);
+  while (p && n < cap) {
+    size_t k = fread(p + n, 1, cap - n, f);
+    if (k == 0)
+      break;
+    n += k;
+  }
+  int big = !feof(f) && n == cap;
+  fclose(f);
+  if (!p) {
+    vt_fail(err, VT_ENOMEM, "out of memory");
+    return NULL;
+  }
+  p[n] = 0;
+  if (big || !strstr(p, "-----BEGIN ") || strlen(p) != n) {
+    vt_fail(err, VT_EFORMAT, "%s %s: not a PEM file%s", OPTS[o].flag, path,
+            big ? " (over 64 KiB)" : " (no -----BEGIN line, or a NUL byte)");
+    free(p);
+    return NULL;
+  }
+  return p;
+}
+
+/* What the catalogue directory's files look like now (name, device, inode, size, mtime of each,
+ * following symlinks as a Kubernetes volume's ..data swap needs): a 64-bit FNV-1a digest. */
+static uint64_t catalog_stamp(const char *dir) {
+  static const char *const files[] = {"manifest.json", "products.tsv", "embeddings.safetensors"};
+  uint64_t h = 1469598103934665603ull;
+  for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+    char path[4096];
+    struct stat sb;
+    long long v[5] = {0};
+    snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+    if (stat(path, &sb) == 0) {
+      v[0] = (long long)sb.st_dev;
+      v[1] = (long long)sb.st_ino;
+      v[2] = (long long)sb.st_size;
+      v[3] = (long long)sb.st_mtim.tv_sec;
+      v[4] = (long long)sb.st_mtim.tv_nsec;
+    }
+    const unsigned char *b = (const unsigned char *)v;
+    for (size_t k = 0; k < sizeof v; k++)
+      h = (h ^ b[k]) * 1099511628211ull;
+  }
+  return h;
 }
 
 int vt_serve_main(int argc, char **argv) {
@@ -306,13 +383,34 @@ int vt_serve_main(int argc, char **argv) {
       goto done;
     }
   }
+  char *pem[3] = {NULL, NULL, NULL};
+  if (OPTS[O_TLS_CERT].sval) {
+    const int which[3] = {O_TLS_CERT, O_TLS_KEY, O_TLS_CA};
+    for (int i = 0; i < 3; i++)
+      if (OPTS[which[i]].sval && !(pem[i] = read_pem(which[i], &err))) {
+        vt_log("error", "start_failed", "error", err.msg, NULL);
+        status = 1;
+        for (int k = 0; k < i; k++)
+          free(pem[k]);
+        goto done;
+      }
+  }
   vt_server_opts sopts = {.listen = OPTS[O_LISTEN].sval,
+                          .tls_cert_pem = pem[0],
+                          .tls_key_pem = pem[1],
+                          .tls_client_ca_pem = pem[2],
                           .cq_threads = (int)OPTS[O_CQ].ival,
                           .max_message_bytes = (int)OPTS[O_MSG].ival,
                           .max_request_events = (int)OPTS[O_EVENTS].ival,
                           .log_requests = (int)OPTS[O_LOGREQ].ival,
                           .max_batch = (int)OPTS[O_BATCH].ival};
-  if (vt_server_start(&srv, &sopts, m, &grpc_port, &err)) {
+  int started = vt_server_start(&srv, &sopts, m, &grpc_port, &err);
+  for (int i = 0; i < 3; i++) { /* gRPC keeps its own copies */
+    if (pem[i])
+      memset(pem[i], 0, strlen(pem[i])); /* the key leaves no copy behind */
+    free(pem[i]);
+  }
+  if (started) {
     vt_log("error", "start_failed", "error", err.msg, NULL);
     status = 1;
     goto done;
@@ -320,7 +418,8 @@ int vt_serve_main(int argc, char **argv) {
   char gp[16], mp[16];
   fmt_long(gp, sizeof gp, grpc_port);
   fmt_long(mp, sizeof mp, metrics_port);
-  vt_log("info", "listening", "grpc_port", gp, "metrics_port", mp, NULL);
+  vt_log("info", "listening", "grpc_port", gp, "metrics_port", mp, "tls",
+         !OPTS[O_TLS_CERT].sval ? "off" : OPTS[O_TLS_CA].sval ? "mutual" : "on", NULL);
 
   if (vt_bundle_load(&b, OPTS[O_BUNDLE].sval, &err) ||
       vt_catalog_load(&c, OPTS[O_CATALOG].sval, b, &err)) {
@@ -392,19 +491,58 @@ int vt_serve_main(int argc, char **argv) {
            "max_queue_delay_us", md, "startup_ms", ms, NULL);
   }
   int sig = 0;
+  long watch_ms = OPTS[O_WATCH].ival;
+  uint64_t stamp = watch_ms ? catalog_stamp(OPTS[O_CATALOG].sval) : 0;
+  int64_t next_look = vt_now_ns() + watch_ms * 1000000;
   for (;;) {
-    sig = next_signal(&sigs);
+    sig = poll_signal(&sigs, 100);
     if (sig == SIGHUP) {
       reload(s, m, b, models, workers, OPTS[O_CATALOG].sval);
+      stamp = watch_ms ? catalog_stamp(OPTS[O_CATALOG].sval) : 0;
       continue;
     }
-    break;
+    if (sig)
+      break;
+    if (watch_ms && vt_now_ns() >= next_look) {
+      next_look = vt_now_ns() + watch_ms * 1000000;
+      uint64_t now_stamp = catalog_stamp(OPTS[O_CATALOG].sval);
+      if (now_stamp != stamp) {
+        /* a change: reload once it has settled (two looks 50 ms apart agree), so a copy in
+         * progress is not taken; a broken catalogue is refused and the old one kept, and it is
+         * tried again only when the files change again */
+        struct timespec settle = {0, 50 * 1000000};
+        nanosleep(&settle, NULL);
+        uint64_t again = catalog_stamp(OPTS[O_CATALOG].sval);
+        if (again == now_stamp) {
+          vt_log("info", "catalog_changed", "catalog", OPTS[O_CATALOG].sval, NULL);
+          reload(s, m, b, models, workers, OPTS[O_CATALOG].sval);
+          stamp = again;
+        }
+      }
+    }
+  }
+  const char *signame = sig == SIGINT ? "SIGINT" : "SIGTERM";
+  /* linger: health NOT_SERVING at once, calls still answered, so balancers and endpoint lists
+   * catch up before anything is refused; a second SIGTERM/SIGINT ends it */
+  if (OPTS[O_LINGER].ival > 0) {
+    vt_server_linger(srv);
+    char lm[32];
+    fmt_long(lm, sizeof lm, OPTS[O_LINGER].ival);
+    vt_log("info", "lingering", "signal", signame, "linger_ms", lm, NULL);
+    int64_t linger_due = vt_now_ns() + (int64_t)OPTS[O_LINGER].ival * 1000000;
+    while (vt_now_ns() < linger_due) {
+      int again = poll_signal(&sigs, 20);
+      if (again == SIGTERM || again == SIGINT)
+        break; /* to the drain; one more stops waiting for the queue */
+      if (again == SIGHUP)
+        reload(s, m, b, models, workers, OPTS[O_CATALOG].sval);
+    }
   }
   /* drain: NOT_SERVING, refuse new calls, let accepted ones finish */
   vt_server_drain(srv);
   char inq[32];
   fmt_long(inq, sizeof inq, vt_sched_depth(s));
-  vt_log("info", "draining", "signal", sig == SIGINT ? "SIGINT" : "SIGTERM", "queued", inq, NULL);
+  vt_log("info", "draining", "signal", signame, "queued", inq, NULL);
   /* accepted requests finish, up to the drain timeout; a second SIGTERM/SIGINT stops waiting */
   int timed_out = 0, forced = 0;
   int64_t drain_due = vt_now_ns() + (int64_t)OPTS[O_DRAIN].ival * 1000000;

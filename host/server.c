@@ -149,7 +149,12 @@ typedef struct tag {
   void (*fn)(struct tag *t, int ok);
 } tag;
 
-enum { HEALTH_STARTING = 0, HEALTH_SERVING = 1, HEALTH_DRAINING = 2 };
+/* LINGER: after SIGTERM, health NOT_SERVING (balancers take the server out) while calls are
+ * still accepted and answered; DRAINING: new calls refused. */
+enum { HEALTH_STARTING = 0, HEALTH_SERVING = 1, HEALTH_DRAINING = 2, HEALTH_LINGER = 3 };
+/* Health service names: readiness ("" and the API's) and liveness (SERVING while the process
+ * answers at all: starting, lingering and draining included). */
+enum { SVC_UNKNOWN = 0, SVC_READY = 1, SVC_LIVE = 2 };
 
 typedef struct cq_thread {
   struct vt_server *srv;
@@ -201,7 +206,7 @@ typedef struct call {
   int md_sent; /* initial metadata went out (Watch sends it with its first message) */
   /* Health/Watch (guarded by srv->mu) */
   struct call *w_prev, *w_next;
-  int w_unknown, w_last, w_sending, w_closed, w_finished;
+  int w_unknown, w_live, w_last, w_sending, w_closed, w_finished;
   tag w_tag;
   grpc_op w_ops[2];
   grpc_byte_buffer *w_msg;
@@ -760,7 +765,8 @@ static void watch_pump(call *k) {
   }
   int want = k->w_unknown
                  ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN
-                 : health_status(srv->health);
+             : k->w_live ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
+                         : health_status(srv->health);
   if (want == k->w_last)
     return;
   Grpc__Health__V1__HealthCheckResponse r = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
@@ -788,7 +794,7 @@ static void watch_pump(call *k) {
   k->w_last = want;
 }
 
-/* The service a health request names: 1 with *known set, or 0 after refusing the call. */
+/* The service a health request names: 1 with *known set (SVC_*), or 0 after refusing the call. */
 static int health_service(call *k, int *known) {
   grpc_slice bytes;
   const char *svc = "";
@@ -798,7 +804,10 @@ static int health_service(call *k, int *known) {
   if (!code && vt_wire_health(GRPC_SLICE_START_PTR(bytes), GRPC_SLICE_LENGTH(bytes), &svc, &len,
                               &err))
     code = GRPC_STATUS_INVALID_ARGUMENT;
-  *known = !code && (len == 0 || (len == 21 && memcmp(svc, "vitrine.v1.Storefront", 21) == 0));
+  *known = code ? SVC_UNKNOWN
+         : len == 0 || (len == 21 && memcmp(svc, "vitrine.v1.Storefront", 21) == 0) ? SVC_READY
+         : len == 8 && memcmp(svc, "liveness", 8) == 0                              ? SVC_LIVE
+                                                                      : SVC_UNKNOWN;
   grpc_slice_unref(bytes);
   if (code)
     reply(k, code, err.msg, NULL);
@@ -810,7 +819,8 @@ static void handle_watch(call *k) {
   if (!health_service(k, &known))
     return;
   /* an unknown service is answered SERVICE_UNKNOWN and the call kept open, as the protocol says */
-  k->w_unknown = !known;
+  k->w_unknown = known == SVC_UNKNOWN;
+  k->w_live = known == SVC_LIVE;
   k->w_last = -1;
   k->w_tag.fn = on_watch_sent;
   vt_server *srv = k->srv;
@@ -839,14 +849,18 @@ static void handle_health(call *k) {
     return;
   if (!known) {
     reply(k, GRPC_STATUS_NOT_FOUND,
-          "unknown service: \"\" (the server) and \"vitrine.v1.Storefront\" are known", NULL);
+          "unknown service: \"\" and \"vitrine.v1.Storefront\" (readiness) and \"liveness\" are "
+          "known",
+          NULL);
     return;
   }
   pthread_mutex_lock(&k->srv->mu);
   int h = k->srv->health;
   pthread_mutex_unlock(&k->srv->mu);
   Grpc__Health__V1__HealthCheckResponse r = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
-  r.status = (Grpc__Health__V1__HealthCheckResponse__ServingStatus)health_status(h);
+  r.status = (Grpc__Health__V1__HealthCheckResponse__ServingStatus)(
+      known == SVC_LIVE ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
+                        : health_status(h));
   grpc_byte_buffer *bb = pack(&r.base);
   if (bb)
     reply(k, GRPC_STATUS_OK, NULL, bb);
@@ -993,8 +1007,14 @@ static void server_free(vt_server *srv) {
   grpc_shutdown();
 }
 
-/* gRPC's own log lines (errors by default) go through vt_log, so logs stay one format. */
+/* gRPC's own log lines (errors by default) go through vt_log, so logs stay one format. A refused
+ * TLS handshake is known only from gRPC's error line for it (ssl_transport_security.cc: "Handshake
+ * failed with fatal error ..."): it is counted from there. */
+static vt_metrics *g_log_metrics;
+
 static void grpc_log(gpr_log_func_args *a) {
+  if (g_log_metrics && a->message && strncmp(a->message, "Handshake failed", 16) == 0)
+    vt_metrics_tls_refused(g_log_metrics);
   char where[300];
   snprintf(where, sizeof where, "%s:%d", a->file ? a->file : "?", a->line);
   vt_log(a->severity == GPR_LOG_SEVERITY_ERROR  ? "error"
@@ -1006,6 +1026,7 @@ static void grpc_log(gpr_log_func_args *a) {
 int vt_server_start(vt_server **out, const vt_server_opts *o, vt_metrics *m, int *port,
                     vt_err *err) {
   *out = NULL;
+  g_log_metrics = m;
   gpr_set_log_function(grpc_log);
   grpc_init();
   vt_server *srv = calloc(1, sizeof *srv);
@@ -1053,11 +1074,29 @@ int vt_server_start(vt_server **out, const vt_server_opts *o, vt_metrics *m, int
     srv->cqs[i].cq = grpc_completion_queue_create_for_next(NULL);
     grpc_server_register_completion_queue(srv->server, srv->cqs[i].cq, NULL);
   }
-  grpc_server_credentials *cred = grpc_insecure_server_credentials_create();
-  *port = grpc_server_add_http2_port(srv->server, o->listen, cred);
-  grpc_server_credentials_release(cred);
+  grpc_server_credentials *cred;
+  if (o->tls_cert_pem) {
+    /* TLS; with a client CA, mutual TLS: a client without a certificate that CA signed is
+     * refused in the handshake */
+    grpc_ssl_pem_key_cert_pair pair = {o->tls_key_pem, o->tls_cert_pem};
+    cred = grpc_ssl_server_credentials_create_ex(
+        o->tls_client_ca_pem, &pair, 1,
+        o->tls_client_ca_pem ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+                             : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE,
+        NULL);
+  } else {
+    cred = grpc_insecure_server_credentials_create();
+  }
+  *port = cred ? grpc_server_add_http2_port(srv->server, o->listen, cred) : 0;
+  if (cred)
+    grpc_server_credentials_release(cred);
   if (*port <= 0) {
     server_free(srv);
+    if (o->tls_cert_pem)
+      return vt_fail(err, VT_EIO,
+                     "cannot listen on %s with TLS: the address is taken or invalid, or the "
+                     "certificate, key or client CA is not usable (gRPC's log line says which)",
+                     o->listen);
     return vt_fail(err, VT_EIO, "cannot listen on %s", o->listen);
   }
   grpc_server_start(srv->server);
@@ -1089,6 +1128,15 @@ void vt_server_set_serving(vt_server *srv) {
   watch_notify_all(srv);
   pthread_mutex_unlock(&srv->mu);
   vt_metrics_serving(srv->m, 1);
+}
+
+void vt_server_linger(vt_server *srv) {
+  pthread_mutex_lock(&srv->mu);
+  if (srv->health == HEALTH_SERVING)
+    srv->health = HEALTH_LINGER;
+  watch_notify_all(srv);
+  pthread_mutex_unlock(&srv->mu);
+  vt_metrics_serving(srv->m, 0);
 }
 
 void vt_server_drain(vt_server *srv) {

@@ -22,6 +22,9 @@ typedef struct vt_server_opts {
   int max_request_events;  /* events (and excluded ids) a request may carry */
   int log_requests;        /* one log line per Recommend */
   int max_batch;           /* reported by GetInfo */
+  /* TLS (PEM text; NULL: plaintext): the server's certificate chain and key, and for mutual TLS
+   * the CA that client certificates must be signed by */
+  const char *tls_cert_pem, *tls_key_pem, *tls_client_ca_pem;
 } vt_server_opts;
 
 typedef struct vt_server vt_server;
@@ -36,6 +39,10 @@ int vt_server_start(vt_server **out, const vt_server_opts *o, vt_metrics *m, int
 void vt_server_attach(vt_server *srv, vt_sched *s);
 /* Health SERVING (after warm-up); Watch streams are told. */
 void vt_server_set_serving(vt_server *srv);
+/* After SIGTERM, first: health NOT_SERVING (Watch streams are told; the "liveness" service stays
+ * SERVING) while Recommend calls are still accepted and answered, so that balancers and endpoint
+ * lists take the server out before it refuses anything. */
+void vt_server_linger(vt_server *srv);
 /* Starts draining: health NOT_SERVING (Watch streams are told), new Recommend calls answered
  * UNAVAILABLE. */
 void vt_server_drain(vt_server *srv);

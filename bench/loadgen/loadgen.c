@@ -93,17 +93,21 @@ vb_client *vb_client_create(const vb_client_opts *o, const vb_requests *reqs, ch
   for (int i = 0; i < o->max_outstanding; i++)
     c->free_stack[c->n_free++] = o->max_outstanding - 1 - i;
   /* a local subchannel pool gives each channel its own connection; no retries, so every
-   * attempt the bench makes is one call the server sees; answers of any size */
-  grpc_arg args[3];
+   * attempt the bench makes is one call the server sees; answers of any size; a target with
+   * several addresses (a fleet) gets them round robin */
+  grpc_arg args[4];
   memset(args, 0, sizeof args);
   args[0].type = args[1].type = args[2].type = GRPC_ARG_INTEGER;
+  args[3].type = GRPC_ARG_STRING;
+  args[3].key = GRPC_ARG_SERVICE_CONFIG;
+  args[3].value.string = "{\"loadBalancingConfig\": [{\"round_robin\": {}}]}";
   args[0].key = GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL;
   args[0].value.integer = 1;
   args[1].key = GRPC_ARG_ENABLE_RETRIES;
   args[1].value.integer = 0;
   args[2].key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
   args[2].value.integer = -1;
-  grpc_channel_args ca = {3, args};
+  grpc_channel_args ca = {4, args};
   grpc_channel_credentials *cred = grpc_insecure_credentials_create();
   for (int i = 0; i < o->connections; i++) {
     c->ch[i] = grpc_channel_create(o->target, cred, &ca);

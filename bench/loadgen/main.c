@@ -6,6 +6,7 @@
  * Sweeps load steps (closed loop: calls kept outstanding; open loop: calls per second, with
  * latency from each call's scheduled time), prints one table row per step as it finishes, and
  * writes results.json / results.csv. bench/README.md explains every number. */
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
@@ -32,7 +33,10 @@ static void usage(FILE *f) {
       "each call's scheduled time (no coordinated omission). Each step: a warm-up, then windows\n"
       "until the last two agree (throughput and p99 within the tolerance) or --max-windows.\n"
       "\n"
-      "  --target HOST:PORT       the server (default 127.0.0.1:50051)\n"
+      "  --target TARGET          the server: HOST:PORT (default 127.0.0.1:50051), or a fleet\n"
+      "                           with calls round-robin over its addresses: a list\n"
+      "                           IP:PORT,IP:PORT,... or any gRPC target (dns:NAME:PORT,\n"
+      "                           ipv4:..., ipv6:...)\n"
       "  --requests FILE          JSON lines, each a request as `vitrine recommend` takes it;\n"
       "                           sent round-robin (a malformed line is refused: FILE:LINE)\n"
       "  --concurrency N,N,...    closed-loop steps: calls kept outstanding\n"
@@ -229,6 +233,28 @@ int main(int argc, char **argv) {
     }
   if (!run.label)
     run.label = run.target;
+  /* a bare list of addresses becomes gRPC's ipv4:/ipv6: target (round robin: loadgen.c) */
+  char target_buf[4096];
+  if (strchr(run.target, ',') && !strchr(run.target, '/') &&
+      strncmp(run.target, "dns:", 4) != 0 && strncmp(run.target, "ipv4:", 5) != 0 &&
+      strncmp(run.target, "ipv6:", 5) != 0) {
+    int v6 = run.target[0] == '[';
+    for (const char *p = run.target; *p; p++)
+      if (!(isdigit((unsigned char)*p) || *p == '.' || *p == ':' || *p == ',' ||
+            (v6 && (isxdigit((unsigned char)*p) || *p == '[' || *p == ']')))) {
+        fprintf(stderr,
+                "vitrine-bench: --target %s: a list takes IP:PORT addresses only; for a name "
+                "with several addresses use dns:NAME:PORT\n",
+                run.target);
+        return 2;
+      }
+    if (snprintf(target_buf, sizeof target_buf, "%s:%s", v6 ? "ipv6" : "ipv4", run.target) >=
+        (int)sizeof target_buf) {
+      fprintf(stderr, "vitrine-bench: --target is too long\n");
+      return 2;
+    }
+    run.target = target_buf;
+  }
 
   char err[1024];
   vb_requests reqs;

@@ -44,3 +44,37 @@ def test_peer_server(servers, requests_file):
     check_split(s, 1)
     # two calls in flight, one compute slot: a call waits about one compute for its slot
     assert s["server"]["queue_us"]["mean"] > 0.2 * s["server"]["compute_us"]["mean"]
+
+
+def served_ok(proc):
+    """Recommend calls a `vitrine serve` answered OK, from its metrics port."""
+    import re
+    import urllib.request
+    port = next(re.search(r"metrics_port=(\d+)", ln).group(1) for ln in proc.lines
+                if "serving" in ln and "metrics_port=" in ln)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    m = re.search(r'vitrine_requests_total\{method="/vitrine.v1.Storefront/Recommend",'
+                  r'code="OK"\} (\S+)', text)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_a_fleet_target_round_robin(servers, requests_file):
+    a = servers("vitrine", "--metrics-listen", "127.0.0.1:0")
+    b = servers("vitrine", "--metrics-listen", "127.0.0.1:0")
+    _, res = run_bench(f"{a.target},{b.target}", requests_file, "--concurrency", "4", *QUICK)
+    s = step(res, "c=4")
+    assert s["errors"] == 0 and s["calls_ok"] > 0
+    na, nb = served_ok(a), served_ok(b)
+    # round robin: both replicas answered, about half each (GetInfo and warm-up aside)
+    assert na > 0 and nb > 0, (na, nb)
+    assert abs(na - nb) <= 0.2 * (na + nb), (na, nb)
+
+
+def test_a_fleet_target_of_names_is_refused(requests_file):
+    from conftest import BENCH
+    import subprocess
+    p = subprocess.run([BENCH, "--target", "vitrine-0:50051,vitrine-1:50051", "--requests",
+                        requests_file, "--concurrency", "1"], capture_output=True, text=True,
+                       timeout=30)
+    assert p.returncode == 2 and "use dns:NAME:PORT" in p.stderr, p.stderr

@@ -46,7 +46,9 @@ class Server:
                  binary=None):
         self.args = [binary or VITRINE, "serve", "--bundle", bundle or os.path.join(FIXTURE, "bundle"),
                      "--catalog", catalog or os.path.join(FIXTURE, "catalog"),
-                     "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", *extra]
+                     "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+                     # no linger unless a test asks (it times the drain itself)
+                     "--drain-linger-ms", "0", *extra]
         e = dict(os.environ)
         e.update(env or {})
         # a byte that is not UTF-8 must never reach a log line; if one does, it shows as a lone

@@ -212,7 +212,7 @@ def test_the_extraction_finds_the_messages():
                   "priority must be PRIORITY_NORMAL (0) or PRIORITY_HIGH (1), not %d",
                   "truncated varint",
                   "the %s-compressed request is truncated",
-                  'unknown service: "" (the server) and "vitrine.v1.Storefront" are known',
+                  'unknown service: "" and "vitrine.v1.Storefront" (readiness) and "liveness" are known',
                   "not found: the metrics are at /metrics"):
         assert known in got, f"the extractor no longer finds {known!r}"
     assert len(ALL) >= 60, len(ALL)
