@@ -10,7 +10,7 @@ PKGS=(
   libgrpc-dev libprotobuf-c-dev protobuf-c-compiler grpc-proto  # vitrine serve
   zlib1g-dev                         # vitrine serve: compressed requests, inflated with a bound
   openssl                            # the TLS tests make their certificates with it
-  clang                              # make fuzz: libFuzzer (tests/fuzz)
+  clang libclang-rt-14-dev           # make fuzz: clang and its libFuzzer runtime (tests/fuzz)
   protobuf-compiler python3-grpcio python3-protobuf python3-prometheus-client  # server tests, demo
   python3-matplotlib                 # bench/plot.py (its test is in make test)
 )
