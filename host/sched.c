@@ -211,6 +211,13 @@ static void abs_deadline(struct timespec *ts, int64_t mono_ns) {
   ts->tv_nsec = (long)(mono_ns % 1000000000);
 }
 
+/* when the batch is due: the oldest job's enqueue time plus max_delay; INT64_MAX, not an overflow,
+ * once another worker has emptied the queue (oldest_ns is INT64_MAX then) */
+static int64_t batch_due_ns(const vt_sched *s) {
+  int64_t t = oldest_ns(s), d = (int64_t)s->o.max_delay_us * 1000;
+  return t > INT64_MAX - d ? INT64_MAX : t + d;
+}
+
 static void *worker_main(void *arg) {
   worker *w = arg;
   vt_sched *s = w->s;
@@ -221,12 +228,12 @@ static void *worker_main(void *arg) {
     if (s->stopping)
       break;
     /* let the batch fill: until max_batch wait or the oldest has waited max_delay */
-    int64_t due = oldest_ns(s) + (int64_t)s->o.max_delay_us * 1000;
+    int64_t due = batch_due_ns(s);
     while (!s->stopping && s->depth > 0 && s->depth < s->o.max_batch && vt_now_ns() < due) {
       struct timespec ts;
       abs_deadline(&ts, due);
       pthread_cond_timedwait(&s->work, &s->mu, &ts);
-      due = oldest_ns(s) + (int64_t)s->o.max_delay_us * 1000;
+      due = batch_due_ns(s);
     }
     if (s->stopping)
       break;
