@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# The serving side-by-side on one machine: `vitrine serve` against the peer (bench/peer_server.py,
-# the PyTorch reference cascade behind a Python grpcio server), both on the demo bundle, both
-# measured by the same build/vitrine-bench with the same request file: a closed-loop concurrency
-# sweep, then an open-loop Poisson sweep at fractions of the throughput each server reached in
-# closed loop. The servers run one after the other (the idle one would otherwise share the
-# cores), each stopped when its sweep is done (and on any exit, by the trap).
+# The serving side-by-side on one machine: `vitrine serve` against the two peers
+# (bench/peer_server.py, a Python grpcio server: "peer" runs the PyTorch reference cascade one
+# request at a time, "peer-batching" its --batching mode, dynamic batches through the batched
+# cascade train/cascade_batched.py), all on the demo bundle, all measured by the same
+# build/vitrine-bench with the same request file: a closed-loop concurrency sweep, then an
+# open-loop Poisson sweep at fractions of the throughput each server reached in closed loop. The
+# servers run one after the other (an idle one would otherwise share the cores), each stopped
+# when its sweep is done (and on any exit, by the trap).
 #
-# Writes build/bench/serve/{vitrine,peer}/results.{json,csv} and the PNG plots in
+# Writes build/bench/serve/{vitrine,peer,peer-batching}/results.{json,csv} and the PNG plots in
 # build/bench/serve/, prints a closed-loop table and, last, for each system the best throughput
-# with p99 <= SLO_MS and the ratio. bench/README.md explains every column.
+# with p99 <= SLO_MS and the ratios. bench/README.md explains every column.
 #
 #   bench/run_serve.sh
 #   WARMUP=0.5 WINDOW=1 MAX_WINDOWS=3 CONC=1,4,16,64 RATES=0.5x,0.9x bench/run_serve.sh  # quick
@@ -16,8 +18,10 @@
 # Environment (defaults): CONC (1,2,4,8,16,32,64,128,256), RATES (0.25x,0.5x,0.75x,0.9x,1x,1.1x;
 # Rx = R times the system's best closed-loop throughput), ARRIVALS (poisson), WARMUP (2 s),
 # WINDOW (2 s), MAX_WINDOWS (6), TOLERANCE (0.1), TIMEOUT_MS (10000, the per-call deadline),
-# SLO_MS (100), OUT (build/bench/serve), PEER_WORKERS (1), VITRINE_ARGS (extra `vitrine serve`
-# options, e.g. "--workers 2").
+# SLO_MS (100), OUT (build/bench/serve), PEER_WORKERS (1), PEER_MAX_BATCH (16) and
+# PEER_MAX_DELAY_MS (0.5) for the batching peer (vitrine serve's defaults), PEERS
+# (peer,peer-batching: the peers to run), VITRINE_ARGS (extra `vitrine serve` options, e.g.
+# "--workers 2").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=/usr/bin/python3
@@ -33,13 +37,16 @@ TOLERANCE=${TOLERANCE:-0.1}
 TIMEOUT_MS=${TIMEOUT_MS:-10000}
 SLO_MS=${SLO_MS:-100}
 PEER_WORKERS=${PEER_WORKERS:-1}
+PEER_MAX_BATCH=${PEER_MAX_BATCH:-16}
+PEER_MAX_DELAY_MS=${PEER_MAX_DELAY_MS:-0.5}
+PEERS=${PEERS:-peer,peer-batching}
 VITRINE_ARGS=${VITRINE_ARGS:-}
 
 make -s build >/dev/null
 [ -f "$DEMO/bundle/manifest.json" ] || make -s bundle
 [ -f "$DEMO/requests.jsonl" ] || $PY -m train.requests --shop "$DEMO/shop.json" \
   --out "$DEMO/requests.jsonl" --n 512
-mkdir -p "$OUT/vitrine" "$OUT/peer"
+mkdir -p "$OUT/vitrine"
 
 server_pid=""
 stop_server() {
@@ -88,21 +95,33 @@ start_server "$OUT/vitrine/server.log" 'serving grpc_port=([0-9]+)' \
 bench vitrine
 stop_server
 
-# the peer: one compute slot, one torch thread (bench/peer_server.py)
-start_server "$OUT/peer/server.log" 'serving port=([0-9]+)' \
-  $PY bench/peer_server.py --bundle "$DEMO/bundle" --catalog "$DEMO/catalog" --port 0 \
-  --workers "$PEER_WORKERS"
-bench peer
-stop_server
+# the peers: one compute slot, one torch thread (bench/peer_server.py); per request, then with
+# dynamic batching (max batch and delay as vitrine's)
+results=("$OUT/vitrine/results.json")
+for name in ${PEERS//,/ }; do
+  case $name in
+    peer) mode=() ;;
+    peer-batching)
+      mode=(--batching --max-batch "$PEER_MAX_BATCH" --max-delay-ms "$PEER_MAX_DELAY_MS") ;;
+    *) echo "run_serve.sh: unknown peer '$name' in PEERS (peer, peer-batching)" >&2; exit 2 ;;
+  esac
+  mkdir -p "$OUT/$name"
+  start_server "$OUT/$name/server.log" 'serving port=([0-9]+)' \
+    $PY bench/peer_server.py --bundle "$DEMO/bundle" --catalog "$DEMO/catalog" --port 0 \
+    --workers "$PEER_WORKERS" "${mode[@]}"
+  bench "$name"
+  stop_server
+  results+=("$OUT/$name/results.json")
+done
 
 echo
-$PY bench/plot.py "$OUT/vitrine/results.json" "$OUT/peer/results.json" --out "$OUT" \
-  --slo-ms "$SLO_MS"
+$PY bench/plot.py "${results[@]}" --out "$OUT" --slo-ms "$SLO_MS"
 
-$PY - "$OUT" "$SLO_MS" <<'PY'
+$PY - "$OUT" "$SLO_MS" "$PEERS" <<'PY'
 import json, os, sys
 out, slo = sys.argv[1], float(sys.argv[2])
-runs = {n: json.load(open(os.path.join(out, n, "results.json"))) for n in ("vitrine", "peer")}
+names = ["vitrine"] + [p for p in sys.argv[3].split(",") if p]
+runs = {n: json.load(open(os.path.join(out, n, "results.json"))) for n in names}
 
 def clean(s):
     """A step that answered everything it was sent, on schedule."""
@@ -112,11 +131,11 @@ def clean(s):
 closed = {n: {s["concurrency"]: s for s in r["steps"] if s["mode"] == "closed"}
           for n, r in runs.items()}
 print("\nclosed loop (ok/s, p50 / p99 ms; * unstable, ! errors):\n")
-print("| in flight | vitrine ok/s | vitrine p50 / p99 | peer ok/s | peer p50 / p99 |")
-print("| ---: | ---: | ---: | ---: | ---: |")
-for c in sorted(set(closed["vitrine"]) | set(closed["peer"])):
+print("| in flight | " + " | ".join("%s ok/s | %s p50 / p99" % (n, n) for n in names) + " |")
+print("| ---: |" + " ---: | ---: |" * len(names))
+for c in sorted(set().union(*(closed[n] for n in names))):
     cells = []
-    for n in ("vitrine", "peer"):
+    for n in names:
         s = closed[n].get(c)
         if s is None:
             cells += ["-", "-"]
@@ -135,7 +154,7 @@ print("\nbest throughput with p99 <= %g ms (no errors, drops or generator lag; *
       % slo)
 print("| system | ok/s | at step | p50 ms | p99 ms | batch compute p50 ms | mean batch |")
 print("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
-for n in ("vitrine", "peer"):
+for n in names:
     s = best[n]
     if s is None:
         print("| %s | none | | | | | |" % n)
@@ -144,7 +163,11 @@ for n in ("vitrine", "peer"):
         n, s["ok_per_s"], "" if s["stable"] else "*", s["mode"], s["step"],
         s["latency_ms"]["p50"], s["latency_ms"]["p99"], s["server"]["compute_us"]["p50"] / 1000,
         s["server"]["batch_size"]["mean"]))
-if best["vitrine"] and best["peer"]:
-    print("| vitrine / peer | %.1fx | | | | | |" %
-          (best["vitrine"]["ok_per_s"] / best["peer"]["ok_per_s"]))
+for n in names[1:]:
+    if best["vitrine"] and best[n]:
+        print("| vitrine / %s | %.1fx | | | | | |" %
+              (n, best["vitrine"]["ok_per_s"] / best[n]["ok_per_s"]))
+if best.get("peer") and best.get("peer-batching"):
+    print("| peer-batching / peer | %.1fx | | | | | |" %
+          (best["peer-batching"]["ok_per_s"] / best["peer"]["ok_per_s"]))
 PY
