@@ -50,9 +50,10 @@ beams instead of one per beam, a softmax with masked padding), so scores agree t
 train/tests/test_cascade_batched.py checks the golden requests.
 
 Speed (train/bench_batched.py measures each option): the decoder step runs as TorchScript by
-default (the same values, 5-20% faster on a CPU); "frozen" (torch.jit.freeze +
-optimize_for_inference) and MKLDNN Linear layers did not help at these shapes with one thread,
-and torch's NNC CPU fuser needs an LLVM that Debian's torch is built without.
+default (the same values; 0-20% faster on a CPU in runs on a shared 2-core machine); "frozen"
+(torch.jit.freeze + optimize_for_inference) and MKLDNN Linear layers did not help at these
+shapes with one thread, and torch's NNC CPU fuser needs an LLVM that Debian's torch is built
+without.
 
 Only constrained decoding (the serving path): the reference's unconstrained mode
 (recommend(constrained=False), a diagnostic) is not batched.
@@ -129,10 +130,11 @@ class BatchedCascade:
 
     logits: "auto" (dense when the widest node has more than V/8 children), "dense" or "sparse"
     (see the module docstring); step: "script" (the DecoderStep module compiled by
-    torch.jit.script; 5-20% faster than "eager" on a CPU, the same values), "eager" or "frozen" (scripted, then torch.jit.optimize_for_inference: frozen
-    weights, oneDNN where torch's passes choose it); mkldnn: run the Linear layers as MKLDNN
-    (oneDNN) ones (CPU only); encode_chunk: the encoder runs on requests sorted by history length,
-    this many at a time (less padding; 0: the whole batch at once)."""
+    torch.jit.script; the same values, 0-20% faster than "eager" on a CPU), "eager" or "frozen"
+    (scripted, then torch.jit.optimize_for_inference: frozen weights, oneDNN where torch's passes
+    choose it); mkldnn: run the Linear layers as MKLDNN (oneDNN) ones (CPU only); encode_chunk:
+    the encoder runs on requests sorted by history length, this many at a time (less padding;
+    0: the whole batch at once)."""
 
     def __init__(self, model, tables, catalog, ranker=None, theme_beam=THEME_BEAM,
                  keyword_beam=KEYWORD_BEAM, logits="auto", step="script", mkldnn=False,
