@@ -13,6 +13,7 @@ PKGS=(
   clang libclang-rt-14-dev           # make fuzz: clang and its libFuzzer runtime (tests/fuzz)
   protobuf-compiler python3-grpcio python3-protobuf python3-prometheus-client  # server tests, demo
   python3-matplotlib                 # bench/plot.py (its test is in make test)
+  python3-yaml                       # tests/deploy: reads the rendered Kubernetes manifests
 )
 missing=()
 for p in "${PKGS[@]}"; do
