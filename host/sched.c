@@ -121,6 +121,7 @@ struct vt_sched {
   vt_job *head[VT_N_PRIOS], *tail[VT_N_PRIOS];
   long depth;
   int running, stopping;
+  int64_t req_ns; /* compute time per request of recent batches (moving average; 0: none yet) */
   vt_gen *gen;
   worker *w;
 };
@@ -274,6 +275,10 @@ static void *worker_main(void *arg) {
       }
     }
     pthread_mutex_lock(&s->mu);
+    if (n > 0) { /* a moving average over about 8 batches */
+      int64_t per = (vt_now_ns() - now) / n;
+      s->req_ns = s->req_ns ? (7 * s->req_ns + per) / 8 : per;
+    }
     s->running--;
     if (s->depth == 0 && s->running == 0)
       pthread_cond_broadcast(&s->idle);
@@ -380,11 +385,27 @@ int vt_sched_submit(vt_sched *s, vt_job *j) {
    * against its capacity */
   if (!s->stopping && s->depth >= s->o.capacity)
     purge_dead(s, &dropped, now);
+  /* the work ahead of j: every queued job, or for a high-priority one only the high ones */
+  long ahead = s->depth;
+  if (j->priority == VT_PRIO_HIGH) {
+    ahead = 0;
+    for (const vt_job *q = s->head[VT_PRIO_HIGH]; q; q = q->next)
+      ahead++;
+  }
+  int64_t wait_ns = s->req_ns * ahead / s->o.workers;
   if (s->stopping)
     rc = VT_SCHED_CLOSED;
   else if (s->depth >= s->o.capacity)
     rc = VT_SCHED_FULL;
-  else {
+  else if (ahead > 0 && s->req_ns > 0 && j->deadline_ns != INT64_MAX && now < j->deadline_ns &&
+           now + wait_ns > j->deadline_ns) { /* (a call already past it expires as before) */
+    rc = VT_SCHED_LATE;
+    snprintf(j->msg, sizeof j->msg,
+             "overloaded: the %ld requests queued ahead take about %lld ms, more than the %lld ms "
+             "left before the deadline; nothing was computed, retry with backoff",
+             ahead, (long long)(wait_ns / 1000000),
+             (long long)((j->deadline_ns > now ? j->deadline_ns - now : 0) / 1000000));
+  } else {
     j->enqueued_ns = vt_now_ns();
     j->status = VT_JOB_OK;
     j->msg[0] = 0;

@@ -6,7 +6,9 @@
  * waited max_delay_us, so batches go to whichever engine is least loaded (an idle one) without a
  * dispatcher guessing. Before compute, a request whose deadline has passed or whose call was
  * cancelled is dropped and finished with VT_JOB_EXPIRED / VT_JOB_CANCELLED; a full queue refuses
- * a new request at once (vt_sched_submit answers VT_SCHED_FULL) instead of growing.
+ * a new request at once (vt_sched_submit answers VT_SCHED_FULL) instead of growing, and so does a
+ * queue whose work ahead of a request would outlast its deadline (VT_SCHED_LATE): under overload
+ * the excess is refused on arrival instead of expiring in the queue after its wait.
  *
  * The catalogue can be replaced while serving: a "generation" is a catalogue with one engine per
  * worker built for it. Each request is parsed against the generation current when it arrived and
@@ -84,9 +86,11 @@ vt_gen *vt_sched_gen(vt_sched *s);
 /* Makes g current (taking the caller's reference); requests already queued keep theirs. */
 void vt_sched_publish(vt_sched *s, vt_gen *g);
 
-enum { VT_SCHED_FULL = 1, VT_SCHED_CLOSED = 2 };
-/* Queues j: 0, VT_SCHED_FULL (capacity reached) or VT_SCHED_CLOSED (stopping). On non-zero the
- * job was not taken and done() will not be called. A full queue first finishes the expired and
+enum { VT_SCHED_FULL = 1, VT_SCHED_CLOSED = 2, VT_SCHED_LATE = 3 };
+/* Queues j: 0, VT_SCHED_FULL (capacity reached), VT_SCHED_LATE (the jobs ahead of it, at the
+ * recent compute time per request shared by the workers, would take longer than its deadline
+ * leaves; j->msg says how long: only when a queue exists and a batch has been timed) or
+ * VT_SCHED_CLOSED (stopping). On non-zero the job was not taken and done() will not be called. A full queue first finishes the expired and
  * cancelled jobs it holds (VT_JOB_EXPIRED / VT_JOB_CANCELLED, done() called here), so only calls
  * someone still waits for count against the capacity. */
 int vt_sched_submit(vt_sched *s, vt_job *j);

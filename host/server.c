@@ -661,7 +661,8 @@ static void handle_recommend(call *k) {
   const char *why =
       src == VT_SCHED_FULL
           ? "overloaded: the request queue is full; nothing was computed, retry with backoff"
-          : "the server is draining (shutting down): retry elsewhere";
+      : src == VT_SCHED_LATE ? k->job.msg /* the wait ahead against the deadline */
+                             : "the server is draining (shutting down): retry elsewhere";
   log_refusal(k, GRPC_STATUS_UNAVAILABLE, why);
   reply(k, GRPC_STATUS_UNAVAILABLE, why, NULL);
   return;

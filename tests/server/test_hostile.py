@@ -297,7 +297,10 @@ def test_deadline_storm_counted_as_abandoned(server_factory, base):
         try:
             f.result()
         except grpc.RpcError as e:
-            assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED, (e.code(), e.details())
+            # or refused on arrival: the queued work ahead outlasts the millisecond it has
+            assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED or (
+                e.code() == grpc.StatusCode.UNAVAILABLE and
+                e.details().startswith("overloaded: the ")), (e.code(), e.details())
 
     def settled(m):
         return metric_value(m, "vitrine_inflight_requests") == 0
@@ -452,3 +455,26 @@ def test_answer_above_the_message_limit_counted_as_refused(server_factory, base)
     assert metric_value(m, "vitrine_requests_total", method=RECOMMEND,
                         code="RESOURCE_EXHAUSTED") == 1
     srv.wait_for(r"\brecommend\b.*\b8\b.*above --max-message-bytes", 5)
+
+
+# ---- found by the soak: under overload the excess must be refused on arrival, not left to
+# expire in the queue (a deadline the queued work ahead already outlasts) ----
+def test_a_call_the_queue_cannot_serve_in_time_is_refused_at_once(server_factory, base):
+    srv = server_factory("--max-batch", "1", "--max-queue-delay-us", "0",
+                         "--compute-delay-us", "200000")
+    assert srv.recommend(base, timeout=10).sections  # times one batch
+    queued = [srv.recommend.future(base, timeout=30) for _ in range(6)]
+    wait_metrics(srv, lambda m: metric_value(m, "vitrine_queue_depth") == 5, 5)
+    t0 = time.monotonic()
+    with pytest.raises(grpc.RpcError) as e:
+        srv.recommend(base, timeout=0.5)  # 5 x 200 ms ahead of it
+    assert time.monotonic() - t0 < 0.25  # refused on arrival, not after its deadline
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE, e.value.details()
+    assert re.search(r"overloaded: the \d+ requests queued ahead take about \d+ ms, more than "
+                     r"the \d+ ms left before the deadline", e.value.details()), e.value.details()
+    # one with time enough is queued and served, as are the others
+    assert srv.recommend(base, timeout=10).sections
+    assert all(f.result().sections for f in queued)
+    m = srv.metrics()
+    assert metric_value(m, "vitrine_requests_total", method=RECOMMEND,
+                        code="DEADLINE_EXCEEDED") is None
