@@ -74,13 +74,21 @@ target_link_libraries(vitrine_cuda_emu PUBLIC vitrine_kernels PkgConfig::OPENBLA
 # The tests that run CUDA get a second build on the emulator (NAME_emu; NAME itself uses the real
 # runtime, where it skips without a device), and so does the CLI (vitrine-emu: `vitrine serve
 # --device cuda:...` on emulated devices, for tests/server/test_device_emu.py).
+# under ASan+UBSan (`make check-asan`) the whole cascade on an emulated device takes ~8 minutes
+# alone on a 2-core machine: a longer limit there
+if(VITRINE_SANITIZE)
+  set(VITRINE_EMU_TEST_TIMEOUT 1800)
+else()
+  set(VITRINE_EMU_TEST_TIMEOUT 600)
+endif()
 foreach(t test_cuda_ops test_backend test_decode_ops test_device_parity)
   add_executable(${t}_emu ${CMAKE_SOURCE_DIR}/tests/${t}.c)
   set_property(TARGET ${t}_emu PROPERTY COMPILE_OPTIONS "${VITRINE_EMU_OPTIONS}")
   target_link_libraries(${t}_emu PRIVATE vitrine_host vitrine_cuda_emu PkgConfig::CRITERION)
   add_test(NAME ${t}_emu COMMAND ${t}_emu --jobs 1 WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
   # one OpenBLAS thread: the emulator runs on one, and idle OpenBLAS threads spin
-  set_tests_properties(${t}_emu PROPERTIES FIXTURES_REQUIRED fixture TIMEOUT 600
+  set_tests_properties(${t}_emu PROPERTIES FIXTURES_REQUIRED fixture
+                       TIMEOUT ${VITRINE_EMU_TEST_TIMEOUT}
                        ENVIRONMENT "VT_FIXTURE=${CMAKE_BINARY_DIR}/fixture;VT_BUILD=${CMAKE_BINARY_DIR};OPENBLAS_NUM_THREADS=1")
 endforeach()
 add_executable(vitrine-emu ${CMAKE_SOURCE_DIR}/host/main.c)
