@@ -7,7 +7,7 @@ REQUEST ?= train/demo_request.json
 MODEL_SRC := train/shop.py train/model.py train/data.py train/vocab.py train/calendar.py train/train.py
 
 .PHONY: all deps configure build demo test bundle golden eval parity bench-cpu check-asan \
-	check-valgrind beauty-eval bench-serve gpu-pack fuzz clean
+	check-valgrind beauty-eval bench-serve gpu-pack fuzz soak clean
 
 all: build
 
@@ -107,6 +107,18 @@ fuzz: deps
 	@[ -f $(BUILD)-fuzz/fixture/bundle/manifest.json ] || \
 	  $(PY) -m train.fixture --out $(BUILD)-fuzz/fixture >/dev/null
 	FUZZ_SECONDS=$(FUZZ_SECONDS) tests/fuzz/run.sh $(BUILD)-fuzz $(FUZZ_TARGETS)
+
+# soak and overload (bench/soak.py, issue #12; not in `make test`): a real `vitrine serve` on the
+# demo bundle, its capacity measured by closed-loop clients, then SOAK_MIN minutes at 70% of it
+# with good, bad and cancelled calls and a SIGHUP reload a minute, then 5x capacity for 2 minutes
+# and the recovery; checks and figures in $(BUILD)/soak/soak.json (bench/RESULTS.md)
+SOAK_MIN ?= 30
+soak: build bundle
+	@[ -f $(DEMO)/requests.jsonl ] || $(PY) -m train.requests --shop $(DEMO)/shop.json \
+	  --out $(DEMO)/requests.jsonl --n 512
+	$(PY) bench/soak.py --vitrine $(BUILD)/vitrine --bundle $(DEMO)/bundle \
+	  --catalog $(DEMO)/catalog --requests $(DEMO)/requests.jsonl --soak-min $(SOAK_MIN) \
+	  --out $(BUILD)/soak
 
 # valgrind on the CLI, for a storefront and for a refused request: no errors, no leaks
 check-valgrind: build bundle
