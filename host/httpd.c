@@ -30,6 +30,7 @@ struct vt_httpd {
   int lfd, wake[2];
   const char *content_type;
   vt_httpd_render_fn fn;
+  vt_httpd_ready_fn ready;
   void *arg;
   pthread_t thread;
   conn conns[VT_HTTPD_MAX_CONNS];
@@ -108,6 +109,13 @@ static void handle(vt_httpd *h, conn *c, int too_big) {
   if (!get && !head) {
     answer(h, c, 405, "Method Not Allowed", plain, "Allow: GET, HEAD\r\n", dup_text("only GET\n"),
            0);
+  } else if (plen == 7 && memcmp(target, "/readyz", 7) == 0) {
+    if (h->ready(h->arg))
+      answer(h, c, 200, "OK", plain, NULL, dup_text("ready\n"), head);
+    else
+      answer(h, c, 503, "Service Unavailable", plain, NULL, dup_text("not ready\n"), head);
+  } else if (plen == 6 && memcmp(target, "/livez", 6) == 0) {
+    answer(h, c, 200, "OK", plain, NULL, dup_text("alive\n"), head);
   } else if (!(plen == 8 && memcmp(target, "/metrics", 8) == 0) &&
              !(plen == 1 && target[0] == '/')) {
     answer(h, c, 404, "Not Found", plain, NULL,
@@ -241,7 +249,8 @@ static void *httpd_main(void *arg) {
 }
 
 int vt_httpd_start(vt_httpd **out, const char *host, int port, const char *content_type,
-                   vt_httpd_render_fn fn, void *arg, int *bound, vt_err *err) {
+                   vt_httpd_render_fn fn, vt_httpd_ready_fn ready, void *arg, int *bound,
+                   vt_err *err) {
   *out = NULL;
   struct sockaddr_in sa;
   memset(&sa, 0, sizeof sa);
@@ -258,6 +267,7 @@ int vt_httpd_start(vt_httpd **out, const char *host, int port, const char *conte
     h->conns[i].fd = -1;
   h->content_type = content_type;
   h->fn = fn;
+  h->ready = ready;
   h->arg = arg;
   int one = 1;
   socklen_t sl = sizeof sa;

@@ -283,7 +283,16 @@ char *vt_metrics_render(vt_metrics *m) {
  * connection, so slow or idle clients never block a scrape) ---- */
 static char *render_cb(void *arg) { return vt_metrics_render(arg); }
 
+/* /readyz: what the gRPC health service says for readiness (vitrine_serving). */
+static int ready_cb(void *arg) {
+  vt_metrics *m = arg;
+  pthread_mutex_lock(&m->mu);
+  int r = m->serving == 1;
+  pthread_mutex_unlock(&m->mu);
+  return r;
+}
+
 int vt_metrics_listen(vt_metrics *m, const char *host, int port, int *bound, vt_err *err) {
   return vt_httpd_start(&m->http, host, port, "text/plain; version=0.0.4; charset=utf-8",
-                        render_cb, m, bound, err);
+                        render_cb, ready_cb, m, bound, err);
 }

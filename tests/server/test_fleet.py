@@ -66,6 +66,7 @@ def test_tls_and_refused_handshakes(certs, base):
     srv = tls_server(certs)
     try:
         assert srv.wait_for(r"\blistening\b.*tls\W+on", 5)
+        assert http_status(srv, "/readyz") == 200  # plain HTTP probes beside gRPC on TLS
         ch, rec = tls_stub(srv, certs["ca.pem"])
         assert rec(base, timeout=10).sections  # a TLS client is served
         # a plaintext client fails cleanly (UNAVAILABLE), as does one that trusts another CA
@@ -129,11 +130,23 @@ def base(fixture_requests):
 
 
 # ---- the linger before the drain, and liveness ----
+def http_status(srv, path):
+    """The metrics port's HTTP status for path (plain HTTP, also when gRPC is on TLS)."""
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{srv.metrics_port}{path}", timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
 def test_linger_not_serving_but_answering_then_draining(server_factory, base):
     srv = server_factory("--drain-linger-ms", "1500", "--max-batch", "1",
                          "--compute-delay-us", "2000000")
     assert srv.health() == health_pb2.HealthCheckResponse.SERVING
     assert srv.health("liveness") == health_pb2.HealthCheckResponse.SERVING
+    assert http_status(srv, "/readyz") == 200 and http_status(srv, "/livez") == 200
     slow = srv.recommend.future(base, timeout=30)  # in flight across the whole drain
     time.sleep(0.2)
     srv.sigterm()
@@ -142,6 +155,8 @@ def test_linger_not_serving_but_answering_then_draining(server_factory, base):
     assert srv.health() == health_pb2.HealthCheckResponse.NOT_SERVING
     assert srv.health("vitrine.v1.Storefront") == health_pb2.HealthCheckResponse.NOT_SERVING
     assert srv.health("liveness") == health_pb2.HealthCheckResponse.SERVING
+    # the same for probes that cannot speak gRPC over TLS: HTTP on the metrics port
+    assert http_status(srv, "/readyz") == 503 and http_status(srv, "/livez") == 200
     during = srv.recommend.future(base, timeout=30)  # accepted while lingering
     srv.wait_for(r"\bdraining\b", 5)
     assert time.monotonic() - t0 >= 1.0
