@@ -19,7 +19,7 @@ OPTIONAL_OPTIONS = {"VITRINE_COMPUTE_DELAY_US", "VITRINE_TLS_CERT", "VITRINE_TLS
 READINESS_SERVICES = {"", "vitrine.v1.Storefront"}
 LIVENESS_SERVICE = "liveness"
 # the least time a startup probe must give loading and warm-up, by overlay
-STARTUP_BUDGET_S = {"cpu": 120, "kind": 120, "gpu": 300}
+STARTUP_BUDGET_S = {"cpu": 120, "kind": 120, "gpu": 300, "cpu-tls": 120}
 
 
 def render(path):
@@ -176,8 +176,13 @@ def check_ports(r):
         if not p:
             problems.append(f"no {probe}")
             continue
+        if "httpGet" in p:  # the metrics port's /readyz and /livez (components/tls)
+            if p["httpGet"].get("port") != metrics_port:
+                problems.append(f"{probe} port {p['httpGet'].get('port')} != "
+                                f"VITRINE_METRICS_LISTEN port {metrics_port}")
+            continue
         if "grpc" not in p:
-            problems.append(f"{probe} is not a native gRPC probe")
+            problems.append(f"{probe} is neither a native gRPC probe nor /readyz, /livez")
             continue
         if p["grpc"].get("port") != grpc_port:
             problems.append(f"{probe} port {p['grpc'].get('port')} != VITRINE_LISTEN port {grpc_port}")
@@ -216,6 +221,10 @@ def check_probes(r):
         svc = (p.get("grpc") or {}).get("service", "")
         if "grpc" in p and svc not in want:
             problems.append(f"{probe} asks for service {svc!r}, not one of {sorted(want)}")
+        path = (p.get("httpGet") or {}).get("path")
+        want_path = "/livez" if probe == "livenessProbe" else "/readyz"
+        if "httpGet" in p and path != want_path:
+            problems.append(f"{probe} asks for {path!r}, not {want_path!r}")
     sp = c.get("startupProbe") or {}
     budget = sp.get("periodSeconds", 10) * sp.get("failureThreshold", 3)
     need = STARTUP_BUDGET_S.get(r.name, 120)

@@ -16,7 +16,9 @@ if shutil.which("kubectl") is None:
 import k8s_checks as kc  # noqa: E402
 from vt_deploy import need_vitrine  # noqa: E402
 
-OVERLAYS = ["cpu", "gpu", "kind"]  # kind: the CPU overlay for docs/DEPLOY.md's walkthrough
+# kind: the CPU overlay for docs/DEPLOY.md's walkthrough; cpu-tls: TLS on the gRPC port, probes
+# over HTTP on the metrics port (components/tls)
+OVERLAYS = ["cpu", "gpu", "kind", "cpu-tls"]
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +93,17 @@ BREAKS = [
     (kc.check_ports, "cpu", "metrics off", set_(cm, "VITRINE_METRICS_LISTEN", "off")),
     (kc.check_ports, "cpu", "Service targets a missing port",
      lambda r: r.one("Service", "vitrine")["spec"]["ports"][1].update(targetPort="prom")),
-    (kc.check_ports, "cpu", "an HTTP liveness probe",
+    (kc.check_ports, "cpu", "an HTTP liveness probe on another port",
+     lambda r: r.container.update(livenessProbe={"httpGet": {"port": 8080, "path": "/livez"}})),
+    (kc.check_probes, "cpu", "an HTTP liveness probe on the metrics, not /livez",
      lambda r: r.container.update(livenessProbe={"httpGet": {"port": 9464, "path": "/"}})),
+    (kc.check_probes, "cpu-tls", "TLS: readiness on /livez",
+     lambda r: r.container["readinessProbe"]["httpGet"].update(path="/livez")),
+    (kc.check_ports, "cpu-tls", "TLS: startup probe on the gRPC port over HTTP",
+     lambda r: r.container["startupProbe"]["httpGet"].update(port=50051)),
+    (kc.check_probes, "cpu-tls", "TLS with a native gRPC probe back",
+     lambda r: r.container.update(livenessProbe={"grpc": {"port": 50051,
+                                                           "service": "liveness"}})),
     (kc.check_probes, "cpu", "liveness asks for readiness",
      lambda r: r.container["livenessProbe"]["grpc"].update(service="vitrine.v1.Storefront")),
     (kc.check_probes, "gpu", "readiness asks for liveness",
