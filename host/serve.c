@@ -33,7 +33,7 @@ typedef struct opt {
 enum {
   O_BUNDLE, O_CATALOG, O_LISTEN, O_METRICS, O_WORKERS, O_CQ, O_BATCH, O_DELAY, O_CAPACITY,
   O_EVENTS, O_MSG, O_DRAIN, O_LINGER, O_LOGFMT, O_LOGREQ, O_CDELAY, O_DEVICE, O_GRAPHS,
-  O_TLS_CERT, O_TLS_KEY, O_TLS_CA, O_WATCH, O_N
+  O_TLS_CERT, O_TLS_KEY, O_TLS_CA, O_WATCH, O_MAXAGE, O_N
 };
 
 static opt OPTS[O_N] = {
@@ -94,6 +94,10 @@ static opt OPTS[O_N] = {
                  "reload the catalogue when its files change, looking every N ms (0: only on "
                  "SIGHUP; follows the symlink swaps of a Kubernetes volume)",
                  NULL, 0, 0, 3600000},
+    [O_MAXAGE] = {"--max-connection-age-ms", "VITRINE_MAX_CONNECTION_AGE_MS", "N",
+                  "ask each client connection to reconnect after about N ms (GOAWAY; calls in "
+                  "flight finish), so that clients spread over replicas added since (0: never)",
+                  NULL, 0, 0, 86400000},
 };
 
 static void usage(FILE *f) {
@@ -403,7 +407,9 @@ int vt_serve_main(int argc, char **argv) {
                           .max_message_bytes = (int)OPTS[O_MSG].ival,
                           .max_request_events = (int)OPTS[O_EVENTS].ival,
                           .log_requests = (int)OPTS[O_LOGREQ].ival,
-                          .max_batch = (int)OPTS[O_BATCH].ival};
+                          .max_batch = (int)OPTS[O_BATCH].ival,
+                          .max_connection_age_ms = (int)OPTS[O_MAXAGE].ival,
+                          .drain_timeout_ms = (int)OPTS[O_DRAIN].ival};
   int started = vt_server_start(&srv, &sopts, m, &grpc_port, &err);
   for (int i = 0; i < 3; i++) { /* gRPC keeps its own copies */
     if (pem[i])

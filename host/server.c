@@ -1048,15 +1048,21 @@ int vt_server_start(vt_server **out, const vt_server_opts *o, vt_metrics *m, int
   pthread_cond_init(&srv->cv, NULL);
   /* --max-message-bytes bounds a request on the wire (gRPC's check) and inflated (ours: gRPC's
    * own decompression is off, see inflate_payload) */
-  grpc_arg args[3];
-  args[0].type = args[1].type = args[2].type = GRPC_ARG_INTEGER;
+  grpc_arg args[5];
+  args[0].type = args[1].type = args[2].type = args[3].type = args[4].type = GRPC_ARG_INTEGER;
   args[0].key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
   args[0].value.integer = o->max_message_bytes;
   args[1].key = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
   args[1].value.integer = o->max_message_bytes;
   args[2].key = GRPC_ARG_ENABLE_PER_MESSAGE_DECOMPRESSION;
   args[2].value.integer = 0;
-  grpc_channel_args ca = {3, args};
+  /* --max-connection-age-ms: gRPC sends GOAWAY after it (with jitter), and the calls then in
+   * flight get the drain timeout to finish */
+  args[3].key = GRPC_ARG_MAX_CONNECTION_AGE_MS;
+  args[3].value.integer = o->max_connection_age_ms;
+  args[4].key = GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS;
+  args[4].value.integer = o->drain_timeout_ms > 0 ? o->drain_timeout_ms : 1000;
+  grpc_channel_args ca = {o->max_connection_age_ms > 0 ? 5 : 3, args};
   srv->server = grpc_server_create(&ca, NULL);
   srv->cqs = calloc((size_t)srv->n_cq, sizeof *srv->cqs);
   if (!srv->server || !srv->cqs) {

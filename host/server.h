@@ -22,6 +22,8 @@ typedef struct vt_server_opts {
   int max_request_events;  /* events (and excluded ids) a request may carry */
   int log_requests;        /* one log line per Recommend */
   int max_batch;           /* reported by GetInfo */
+  int max_connection_age_ms; /* GOAWAY after about this long (0: never) */
+  int drain_timeout_ms;      /* the grace a connection so aged gives its calls */
   /* TLS (PEM text; NULL: plaintext): the server's certificate chain and key, and for mutual TLS
    * the CA that client certificates must be signed by */
   const char *tls_cert_pem, *tls_key_pem, *tls_client_ca_pem;

@@ -344,3 +344,23 @@ def test_rolling_restart_loses_no_call_and_a_kill_loses_only_its_calls(fixture_r
         load.close()
         for r in reps:
             r.kill()
+
+
+def test_max_connection_age_reconnects_without_failing_a_call(server_factory, base):
+    """--max-connection-age-ms: the client is sent GOAWAY and reconnects (so it would spread over
+    replicas added since), and no call fails on the way."""
+    srv = server_factory("--max-connection-age-ms", "500")
+    states = []
+    ch = grpc.insecure_channel(srv.target)
+    ch.subscribe(states.append, try_to_connect=True)
+    rec = ch.unary_unary(RECOMMEND, request_serializer=pb.RecommendRequest.SerializeToString,
+                         response_deserializer=pb.RecommendResponse.FromString)
+    end, n = time.monotonic() + 3, 0
+    while time.monotonic() < end:
+        assert rec(base, timeout=10).sections
+        n += 1
+    ch.close()
+    ready = [i for i, s in enumerate(states) if s == grpc.ChannelConnectivity.READY]
+    # connected more than once: each connection was aged out and replaced
+    assert len(ready) >= 2, states
+    assert n > 10
