@@ -176,3 +176,23 @@ void vt_fuzz_report(const char *target, int rc, const char *msg) {
   if (verbose)
     fprintf(stderr, "%s: %s\n", target, rc ? msg : "accepted");
 }
+
+void vt_fuzz_dir_init(vt_fuzz_dir *d, const char *sub) {
+  char src[4200];
+  snprintf(src, sizeof src, "%s/%s", vt_fuzz_fixture(), sub);
+  snprintf(d->pristine, sizeof d->pristine, "%s/pristine-%s", vt_fuzz_scratch(), sub);
+  snprintf(d->work, sizeof d->work, "%s/%s", vt_fuzz_scratch(), sub);
+  d->last = NULL;
+  vt_fuzz_copy_dir(src, d->pristine);
+  vt_fuzz_copy_dir(src, d->work);
+}
+
+void vt_fuzz_dir_replace(vt_fuzz_dir *d, const char *name, const uint8_t *p, size_t n) {
+  vt_fuzz_copy_file(d->pristine, d->work, "manifest.json");
+  if (d->last)
+    vt_fuzz_copy_file(d->pristine, d->work, d->last);
+  d->last = name;
+  vt_fuzz_write(d->work, name, p, n);
+  if (strcmp(name, "manifest.json") != 0)
+    vt_fuzz_fix_manifest(d->work, name);
+}

@@ -29,6 +29,18 @@ void vt_fuzz_write(const char *dir, const char *name, const uint8_t *p, size_t n
  * sha256 (so a fuzzed file gets past the integrity check to the parser behind it). */
 void vt_fuzz_fix_manifest(const char *dir, const char *name);
 
+/* A fixture directory with one file replaced by a fuzzer's input (the bundle and catalogue
+ * targets): made once from the fixture's subdirectory sub, kept pristine beside a working copy. */
+typedef struct vt_fuzz_dir {
+  char pristine[512], work[512];
+  const char *last; /* the file the previous input replaced */
+} vt_fuzz_dir;
+void vt_fuzz_dir_init(vt_fuzz_dir *d, const char *sub);
+/* Restores what the previous input changed, then writes p[0..n) as d->work/name; for any file but
+ * manifest.json the manifest is given the file's true size and sha256, so the input gets past the
+ * integrity check to the parser behind it. name must outlive the next call (a string literal). */
+void vt_fuzz_dir_replace(vt_fuzz_dir *d, const char *name, const uint8_t *p, size_t n);
+
 /* With VT_FUZZ_VERBOSE set: one line per input, "accepted" or the refusal's message (to see how
  * deep a corpus reaches). */
 void vt_fuzz_report(const char *target, int rc, const char *msg);

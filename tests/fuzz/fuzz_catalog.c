@@ -8,34 +8,21 @@
 #include "tests/fuzz/fuzz.h"
 
 static const char *const FILES[] = {"manifest.json", "products.tsv", "embeddings.safetensors"};
-static char pristine[512], work[512];
-static const char *last;
+static vt_fuzz_dir dir;
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
   (void)argc;
   (void)argv;
-  char src[4200];
   vt_fuzz_bundle();
-  snprintf(src, sizeof src, "%s/catalog", vt_fuzz_fixture());
-  snprintf(pristine, sizeof pristine, "%s/pristine", vt_fuzz_scratch());
-  snprintf(work, sizeof work, "%s/catalog", vt_fuzz_scratch());
-  vt_fuzz_copy_dir(src, pristine);
-  vt_fuzz_copy_dir(src, work);
+  vt_fuzz_dir_init(&dir, "catalog");
   return 0;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (size < 1)
     return 0;
-  const char *name = FILES[data[0] % 3];
-  /* undo the previous input: its file and the manifest */
-  vt_fuzz_copy_file(pristine, work, "manifest.json");
-  if (last)
-    vt_fuzz_copy_file(pristine, work, last);
-  last = name;
-  vt_fuzz_write(work, name, data + 1, size - 1);
-  if (strcmp(name, "manifest.json") != 0)
-    vt_fuzz_fix_manifest(work, name);
+  vt_fuzz_dir_replace(&dir, FILES[data[0] % 3], data + 1, size - 1);
+  const char *work = dir.work;
   vt_catalog *c = NULL;
   vt_err err = {0};
   int rc = vt_catalog_load(&c, work, vt_fuzz_bundle(), &err);
