@@ -146,6 +146,25 @@ static int64_t oldest_ns(const vt_sched *s) {
   return t;
 }
 
+/* VT_JOB_EXPIRED or VT_JOB_CANCELLED for a job nobody waits for any more, else VT_JOB_OK. */
+static int job_dead(vt_job *j, int64_t now) {
+  return j->deadline_ns <= now           ? VT_JOB_EXPIRED
+         : atomic_load(&j->cancelled) ? VT_JOB_CANCELLED
+                                      : VT_JOB_OK;
+}
+
+/* Takes j (whose predecessor in queue p is prev, or NULL) out of the queue. */
+static void unlink_job(vt_sched *s, int p, vt_job *prev, vt_job *j) {
+  if (prev)
+    prev->next = j->next;
+  else
+    s->head[p] = j->next;
+  if (s->tail[p] == j)
+    s->tail[p] = prev;
+  s->depth--;
+  j->next = NULL;
+}
+
 /* Takes up to max_batch live jobs of one generation (that of the first job in priority order)
  * into batch; expired and cancelled jobs it meets go to *dropped. Returns the batch size. */
 static int take(vt_sched *s, vt_job **batch, vt_job **dropped, int64_t now) {
@@ -156,23 +175,13 @@ static int take(vt_sched *s, vt_job **batch, vt_job **dropped, int64_t now) {
     while (j && n < s->o.max_batch) {
       vt_job *next = j->next;
       /* an expired call is also cancelled by gRPC: the deadline is checked first */
-      int dead = j->deadline_ns <= now           ? VT_JOB_EXPIRED
-                 : atomic_load(&j->cancelled) ? VT_JOB_CANCELLED
-                                              : VT_JOB_OK;
+      int dead = job_dead(j, now);
       if (!dead && gen && j->gen != gen) { /* another generation: leave it for the next batch */
         prev = j;
         j = next;
         continue;
       }
-      /* unlink */
-      if (prev)
-        prev->next = next;
-      else
-        s->head[p] = next;
-      if (s->tail[p] == j)
-        s->tail[p] = prev;
-      s->depth--;
-      j->next = NULL;
+      unlink_job(s, p, prev, j);
       if (dead) {
         j->status = dead;
         j->next = *dropped;
@@ -354,17 +363,9 @@ static void purge_dead(vt_sched *s, vt_job **dropped, int64_t now) {
     vt_job *prev = NULL, *j = s->head[p];
     while (j) {
       vt_job *next = j->next;
-      int dead = j->deadline_ns <= now           ? VT_JOB_EXPIRED
-                 : atomic_load(&j->cancelled) ? VT_JOB_CANCELLED
-                                              : VT_JOB_OK;
+      int dead = job_dead(j, now);
       if (dead) {
-        if (prev)
-          prev->next = next;
-        else
-          s->head[p] = next;
-        if (s->tail[p] == j)
-          s->tail[p] = prev;
-        s->depth--;
+        unlink_job(s, p, prev, j);
         j->status = dead;
         j->next = *dropped;
         *dropped = j;
