@@ -358,20 +358,14 @@ static int inflate_payload(grpc_byte_buffer *bb, size_t limit, grpc_slice *out, 
     zs.next_in = (Bytef *)GRPC_SLICE_START_PTR(in->slices[si]);
     zs.avail_in = (uInt)GRPC_SLICE_LENGTH(in->slices[si]);
     while (zs.avail_in > 0 && zrc != Z_STREAM_END) {
-      if (used == size) { /* grow, never past limit + 1 (one byte over says "too big") */
+      if (used == size) { /* grow, never past limit + 1 (one byte over says "too big"); the
+                           * check below has stopped the loop once used passed limit, so here
+                           * size <= limit and the buffer can always grow */
         size_t ns = size * 2 < limit + 1 ? size * 2 : limit + 1;
-        uint8_t *no = ns > size ? realloc(o, ns) : NULL;
+        uint8_t *no = realloc(o, ns);
         if (!no) {
-          if (ns > size) {
-            snprintf(msg, cap, "out of memory inflating the request");
-            code = GRPC_STATUS_RESOURCE_EXHAUSTED;
-          } else {
-            snprintf(msg, cap,
-                     "the %s-compressed request inflates to more than --max-message-bytes "
-                     "(%zu bytes); refused without inflating the rest",
-                     name, limit);
-            code = GRPC_STATUS_RESOURCE_EXHAUSTED;
-          }
+          snprintf(msg, cap, "out of memory inflating the request");
+          code = GRPC_STATUS_RESOURCE_EXHAUSTED;
           break;
         }
         o = no;
