@@ -377,41 +377,68 @@ static void purge_dead(vt_sched *s, vt_job **dropped, int64_t now) {
   }
 }
 
-int vt_sched_submit(vt_sched *s, vt_job *j) {
-  pthread_mutex_lock(&s->mu);
-  int rc = 0;
-  vt_job *dropped = NULL;
-  int64_t now = vt_now_ns();
-  /* a full queue first lets go of the calls nobody waits for any more: they never count
-   * against its capacity */
-  if (!s->stopping && s->depth >= s->o.capacity)
-    purge_dead(s, &dropped, now);
-  /* the work ahead of j: every queued job, or for a high-priority one only the high ones */
+/* The share of the time left before a deadline that the estimated wait and compute of a new job
+ * may fill: the estimate is an average, so the rest is the margin that keeps the accepted calls'
+ * tail (not only their mean) inside the deadline under overload. */
+#define ADMIT_NUM 3
+#define ADMIT_DEN 4
+
+/* Whether a job of this priority and deadline may join the queue now (s->mu held): 0 or a
+ * VT_SCHED_* refusal, with msg (cap bytes) saying why for VT_SCHED_LATE. A full queue first
+ * unlinks the calls nobody waits for any more into *dropped: they never count against its
+ * capacity. */
+static int admission(vt_sched *s, int priority, int64_t deadline_ns, int64_t now,
+                     vt_job **dropped, char *msg, size_t cap) {
+  if (s->stopping)
+    return VT_SCHED_CLOSED;
+  if (s->depth >= s->o.capacity)
+    purge_dead(s, dropped, now);
+  if (s->depth >= s->o.capacity)
+    return VT_SCHED_FULL;
+  /* the work ahead of the job: every queued job, or for a high-priority one only the high ones */
   long ahead = s->depth;
-  if (j->priority == VT_PRIO_HIGH) {
+  if (priority == VT_PRIO_HIGH) {
     ahead = 0;
     for (const vt_job *q = s->head[VT_PRIO_HIGH]; q; q = q->next)
       ahead++;
   }
-  int64_t wait_ns = s->req_ns * ahead / s->o.workers;
-  if (s->stopping)
-    rc = VT_SCHED_CLOSED;
-  else if (s->depth >= s->o.capacity)
-    rc = VT_SCHED_FULL;
-  else if (ahead > 0 && s->req_ns > 0 && j->deadline_ns != INT64_MAX && now < j->deadline_ns &&
-           now + wait_ns > j->deadline_ns) { /* (a call already past it expires as before) */
-    rc = VT_SCHED_LATE;
-    snprintf(j->msg, sizeof j->msg,
-             "overloaded: the %ld requests queued ahead take about %lld ms, more than the %lld ms "
-             "left before the deadline; nothing was computed, retry with backoff",
-             ahead, (long long)(wait_ns / 1000000),
-             (long long)((j->deadline_ns > now ? j->deadline_ns - now : 0) / 1000000));
-  } else {
+  if (ahead == 0 || s->req_ns == 0 || deadline_ns == INT64_MAX || now >= deadline_ns)
+    return 0; /* nothing to estimate from (a call already past its deadline expires as before) */
+  int64_t left = deadline_ns - now;
+  int64_t need = s->req_ns * (ahead + 1) / s->o.workers; /* the wait, then its own compute */
+  if (need <= left / ADMIT_DEN * ADMIT_NUM)
+    return 0;
+  snprintf(msg, cap,
+           "overloaded: the %ld requests queued ahead and this one take about %lld ms, more than "
+           "%d/%d of the %lld ms left before the deadline; nothing was computed, retry with backoff",
+           ahead, (long long)(need / 1000000), ADMIT_NUM, ADMIT_DEN,
+           (long long)(left / 1000000));
+  return VT_SCHED_LATE;
+}
+
+int vt_sched_admit(vt_sched *s, int priority, int64_t deadline_ns, char *msg, size_t cap) {
+  vt_job *dropped = NULL;
+  int64_t now = vt_now_ns();
+  pthread_mutex_lock(&s->mu);
+  int rc = admission(s, priority, deadline_ns, now, &dropped, msg, cap);
+  if (s->m && dropped)
+    vt_metrics_queue_depth(s->m, s->depth);
+  pthread_mutex_unlock(&s->mu);
+  finish_dropped(dropped, now);
+  return rc;
+}
+
+int vt_sched_submit(vt_sched *s, vt_job *j) {
+  vt_job *dropped = NULL;
+  int64_t now = vt_now_ns();
+  if (j->priority < 0 || j->priority >= VT_N_PRIOS)
+    j->priority = VT_PRIO_NORMAL;
+  pthread_mutex_lock(&s->mu);
+  int rc = admission(s, j->priority, j->deadline_ns, now, &dropped, j->msg, sizeof j->msg);
+  if (rc == 0) {
     j->enqueued_ns = vt_now_ns();
     j->status = VT_JOB_OK;
     j->msg[0] = 0;
-    if (j->priority < 0 || j->priority >= VT_N_PRIOS)
-      j->priority = VT_PRIO_NORMAL;
     push(s, j);
     pthread_cond_signal(&s->work);
   }

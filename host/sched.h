@@ -87,13 +87,18 @@ vt_gen *vt_sched_gen(vt_sched *s);
 void vt_sched_publish(vt_sched *s, vt_gen *g);
 
 enum { VT_SCHED_FULL = 1, VT_SCHED_CLOSED = 2, VT_SCHED_LATE = 3 };
-/* Queues j: 0, VT_SCHED_FULL (capacity reached), VT_SCHED_LATE (the jobs ahead of it, at the
- * recent compute time per request shared by the workers, would take longer than its deadline
- * leaves; j->msg says how long: only when a queue exists and a batch has been timed) or
- * VT_SCHED_CLOSED (stopping). On non-zero the job was not taken and done() will not be called. A full queue first finishes the expired and
- * cancelled jobs it holds (VT_JOB_EXPIRED / VT_JOB_CANCELLED, done() called here), so only calls
- * someone still waits for count against the capacity. */
+/* Queues j: 0, VT_SCHED_FULL (capacity reached), VT_SCHED_LATE (the jobs ahead of it and j
+ * itself, at the recent compute time per request shared by the workers, would take more than 3/4
+ * of the time its deadline leaves, the rest being the margin for the estimate's error; j->msg says
+ * how long: only when a queue exists and a batch has been timed) or VT_SCHED_CLOSED (stopping).
+ * On non-zero the job was not taken and done() will not be called. A full queue first finishes
+ * the expired and cancelled jobs it holds (VT_JOB_EXPIRED / VT_JOB_CANCELLED, done() called
+ * here), so only calls someone still waits for count against the capacity. */
 int vt_sched_submit(vt_sched *s, vt_job *j);
+/* The same decision for a job not built yet (priority, deadline_ns as in vt_job), queueing
+ * nothing: the server asks before it decodes a request, so that under overload a refusal costs
+ * no parsing. msg (cap bytes) is set for VT_SCHED_LATE. vt_sched_submit decides again. */
+int vt_sched_admit(vt_sched *s, int priority, int64_t deadline_ns, char *msg, size_t cap);
 long vt_sched_depth(vt_sched *s);
 /* Waits until nothing is queued or running: 0, or -1 after timeout_ms. */
 int vt_sched_wait_idle(vt_sched *s, long timeout_ms);

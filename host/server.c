@@ -577,6 +577,17 @@ static void job_done(vt_job *j, const vt_storefront *s) {
   reply(k, code, j->msg, NULL);
 }
 
+/* Answers a call the scheduler did not take (VT_SCHED_*; for VT_SCHED_LATE k->job.msg says why). */
+static void refuse_unavailable(call *k, int src) {
+  const char *why =
+      src == VT_SCHED_FULL
+          ? "overloaded: the request queue is full; nothing was computed, retry with backoff"
+      : src == VT_SCHED_LATE ? k->job.msg /* the wait ahead against the deadline */
+                             : "the server is draining (shutting down): retry elsewhere";
+  log_refusal(k, GRPC_STATUS_UNAVAILABLE, why);
+  reply(k, GRPC_STATUS_UNAVAILABLE, why, NULL);
+}
+
 static void handle_recommend(call *k) {
   vt_server *srv = k->srv;
   char msg[512];
@@ -613,6 +624,27 @@ static void handle_recommend(call *k) {
     }
     goto refuse;
   }
+  /* the deadline on our monotonic clock */
+  if (gpr_time_cmp(k->deadline, gpr_inf_future(k->deadline.clock_type)) == 0) {
+    k->job.deadline_ns = INT64_MAX;
+  } else {
+    gpr_timespec left = gpr_time_sub(k->deadline, gpr_now(k->deadline.clock_type));
+    k->job.deadline_ns = vt_now_ns() + (int64_t)left.tv_sec * 1000000000 + left.tv_nsec;
+  }
+  /* admission before decoding: under overload a refusal must cost less than a request, or the
+   * refusals take the cores from the work (the queue decides again when the job is submitted) */
+  int prio = vt_wire_peek_priority(p, n) ? VT_PRIO_HIGH : VT_PRIO_NORMAL;
+  pthread_mutex_lock(&srv->mu);
+  int src = srv->sched ? vt_sched_admit(srv->sched, prio, k->job.deadline_ns, k->job.msg,
+                                        sizeof k->job.msg)
+                       : VT_SCHED_CLOSED;
+  pthread_mutex_unlock(&srv->mu);
+  if (src) {
+    grpc_slice_unref(bytes);
+    vt_gen_unref(g);
+    refuse_unavailable(k, src);
+    return;
+  }
   vt_wire_limits lim = {srv->o.max_request_events, MAX_ID_BYTES};
   vt_err err = {0};
   int rc = vt_wire_recommend(&w, p, n, &lim, &err);
@@ -632,19 +664,12 @@ static void handle_recommend(call *k) {
   k->job.priority = w.priority == 1 ? VT_PRIO_HIGH : VT_PRIO_NORMAL;
   vt_wire_request_free(&w);
   grpc_slice_unref(bytes);
-  /* the deadline on our monotonic clock */
-  if (gpr_time_cmp(k->deadline, gpr_inf_future(k->deadline.clock_type)) == 0) {
-    k->job.deadline_ns = INT64_MAX;
-  } else {
-    gpr_timespec left = gpr_time_sub(k->deadline, gpr_now(k->deadline.clock_type));
-    k->job.deadline_ns = vt_now_ns() + (int64_t)left.tv_sec * 1000000000 + left.tv_nsec;
-  }
   k->job.gen = g;
   k->job.done = job_done;
   k->counted_inflight = 1; /* before submit: the job may be answered and freed at once */
   vt_metrics_inflight_add(srv->m, 1);
   pthread_mutex_lock(&srv->mu);
-  int src = srv->sched ? vt_sched_submit(srv->sched, &k->job) : VT_SCHED_CLOSED;
+  src = srv->sched ? vt_sched_submit(srv->sched, &k->job) : VT_SCHED_CLOSED;
   pthread_mutex_unlock(&srv->mu);
   if (src == 0)
     return; /* the job may be done (and k answered) already */
@@ -652,13 +677,7 @@ static void handle_recommend(call *k) {
   vt_metrics_inflight_add(srv->m, -1);
   k->job.gen = NULL;
   vt_gen_unref(g);
-  const char *why =
-      src == VT_SCHED_FULL
-          ? "overloaded: the request queue is full; nothing was computed, retry with backoff"
-      : src == VT_SCHED_LATE ? k->job.msg /* the wait ahead against the deadline */
-                             : "the server is draining (shutting down): retry elsewhere";
-  log_refusal(k, GRPC_STATUS_UNAVAILABLE, why);
-  reply(k, GRPC_STATUS_UNAVAILABLE, why, NULL);
+  refuse_unavailable(k, src);
   return;
 refuse:
   vt_wire_request_free(&w);

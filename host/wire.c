@@ -136,6 +136,16 @@ static int decode_event(const uint8_t *p, size_t n, size_t idx, wire_event *e, v
   return VT_OK;
 }
 
+int vt_wire_peek_priority(const uint8_t *p, size_t n) {
+  size_t i = 0;
+  vt_pb_field f;
+  int prio = 0;
+  while (vt_pb_read(p, n, &i, &f, NULL) == 1)
+    if (f.number == 9 && f.wire_type == VT_PB_VARINT)
+      prio = (int32_t)(uint32_t)f.value == 1; /* the last one counts, as in a full parse */
+  return prio;
+}
+
 int vt_wire_recommend(vt_wire_request *out, const uint8_t *p, size_t n,
                       const vt_wire_limits *lim, vt_err *err) {
   memset(out, 0, sizeof *out);

@@ -36,6 +36,10 @@ typedef struct vt_wire_request {
 int vt_wire_recommend(vt_wire_request *out, const uint8_t *p, size_t n,
                       const vt_wire_limits *lim, vt_err *err);
 void vt_wire_request_free(vt_wire_request *r);
+/* The priority a RecommendRequest asks for (1 PRIORITY_HIGH, else 0), from a walk over its
+ * top-level fields that decodes nothing else: for admission before the request is decoded.
+ * Malformed bytes give 0; vt_wire_recommend reports them if the request is admitted. */
+int vt_wire_peek_priority(const uint8_t *p, size_t n);
 
 /* A GetInfoRequest (no fields: any well-formed message). VT_OK or VT_EINVAL. */
 int vt_wire_getinfo(const uint8_t *p, size_t n, vt_err *err);

@@ -470,11 +470,52 @@ def test_a_call_the_queue_cannot_serve_in_time_is_refused_at_once(server_factory
         srv.recommend(base, timeout=0.5)  # 5 x 200 ms ahead of it
     assert time.monotonic() - t0 < 0.25  # refused on arrival, not after its deadline
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE, e.value.details()
-    assert re.search(r"overloaded: the \d+ requests queued ahead take about \d+ ms, more than "
-                     r"the \d+ ms left before the deadline", e.value.details()), e.value.details()
+    assert re.search(r"overloaded: the \d+ requests queued ahead and this one take about \d+ ms, "
+                     r"more than 3/4 of the \d+ ms left before the deadline",
+                     e.value.details()), e.value.details()
     # one with time enough is queued and served, as are the others
     assert srv.recommend(base, timeout=10).sections
     assert all(f.result().sections for f in queued)
     m = srv.metrics()
     assert metric_value(m, "vitrine_requests_total", method=RECOMMEND,
                         code="DEADLINE_EXCEEDED") is None
+
+
+# ---- found by the 5x overload: refusals must cost less than requests, so admission comes before
+# the request is decoded (only its priority is read) ----
+def test_admission_before_decoding(server_factory, base):
+    srv = server_factory("--max-batch", "1", "--max-queue-delay-us", "0",
+                         "--compute-delay-us", "300000", "--queue-capacity", "2")
+    running = srv.recommend.future(base, timeout=30)
+    wait_metrics(srv, lambda m: metric_value(m, "vitrine_inflight_requests") == 1, 5)
+    queued = [srv.recommend.future(base, timeout=30) for _ in range(2)]
+    wait_metrics(srv, lambda m: metric_value(m, "vitrine_queue_depth") == 2, 5)
+    bad = pb.RecommendRequest()
+    bad.CopyFrom(base)
+    bad.sections = 999  # out of range: INVALID_ARGUMENT once decoded
+    with pytest.raises(grpc.RpcError) as e:
+        srv.recommend(bad, timeout=10)
+    # the queue was full, so it was refused before its fields were read
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE, e.value.details()
+    assert "queue is full" in e.value.details()
+    assert running.result().sections and all(f.result().sections for f in queued)
+    with pytest.raises(grpc.RpcError) as e:  # with room, the same request is decoded and refused
+        srv.recommend(bad, timeout=10)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "sections" in e.value.details()
+
+
+def test_a_high_priority_call_is_admitted_past_normal_work(server_factory, base):
+    srv = server_factory("--max-batch", "1", "--max-queue-delay-us", "0",
+                         "--compute-delay-us", "200000")
+    assert srv.recommend(base, timeout=10).sections  # times one batch
+    queued = [srv.recommend.future(base, timeout=30) for _ in range(6)]
+    wait_metrics(srv, lambda m: metric_value(m, "vitrine_queue_depth") == 5, 5)
+    with pytest.raises(grpc.RpcError) as e:  # a normal call: 1.2 s of work for a 1 s deadline
+        srv.recommend(base, timeout=1.0)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE, e.value.details()
+    high = pb.RecommendRequest()
+    high.CopyFrom(base)
+    high.priority = pb.PRIORITY_HIGH  # nothing high ahead of it: admitted, served next
+    assert srv.recommend(high, timeout=1.0).sections
+    assert all(f.result().sections for f in queued)
