@@ -109,14 +109,15 @@ fuzz: deps
 	FUZZ_SECONDS=$(FUZZ_SECONDS) tests/fuzz/run.sh $(BUILD)-fuzz $(FUZZ_TARGETS)
 
 # soak and overload (bench/soak.py, issue #12; not in `make test`): a real `vitrine serve` on the
-# demo bundle, its capacity measured by closed-loop clients, then SOAK_MIN minutes at 70% of it
+# demo bundle, its capacity measured by vitrine-bench in closed loop, then SOAK_MIN minutes at 70% of it
 # with good, bad and cancelled calls and a SIGHUP reload a minute, then 5x capacity for 2 minutes
 # and the recovery; checks and figures in $(BUILD)/soak/soak.json (bench/RESULTS.md)
 SOAK_MIN ?= 30
 soak: build bundle
 	@[ -f $(DEMO)/requests.jsonl ] || $(PY) -m train.requests --shop $(DEMO)/shop.json \
 	  --out $(DEMO)/requests.jsonl --n 512
-	$(PY) bench/soak.py --vitrine $(BUILD)/vitrine --bundle $(DEMO)/bundle \
+	$(PY) bench/soak.py --vitrine $(BUILD)/vitrine --bench $(BUILD)/vitrine-bench \
+	  --bundle $(DEMO)/bundle \
 	  --catalog $(DEMO)/catalog --requests $(DEMO)/requests.jsonl --soak-min $(SOAK_MIN) \
 	  --out $(BUILD)/soak
 

@@ -402,10 +402,20 @@ static int admission(vt_sched *s, int priority, int64_t deadline_ns, int64_t now
     for (const vt_job *q = s->head[VT_PRIO_HIGH]; q; q = q->next)
       ahead++;
   }
-  if (ahead == 0 || s->req_ns == 0 || deadline_ns == INT64_MAX || now >= deadline_ns)
-    return 0; /* nothing to estimate from (a call already past its deadline expires as before) */
+  if (ahead == 0 || s->req_ns == 0)
+    return 0; /* nothing to estimate from */
+  int64_t wait = s->req_ns * ahead / s->o.workers;
+  if (s->o.max_queue_ms > 0 && wait > (int64_t)s->o.max_queue_ms * 1000000) {
+    snprintf(msg, cap,
+             "overloaded: the %ld requests queued ahead would keep this one waiting about %lld ms, "
+             "more than --max-queue-ms %d; nothing was computed, retry with backoff",
+             ahead, (long long)(wait / 1000000), s->o.max_queue_ms);
+    return VT_SCHED_LATE;
+  }
+  if (deadline_ns == INT64_MAX || now >= deadline_ns)
+    return 0; /* (a call already past its deadline expires as before) */
   int64_t left = deadline_ns - now;
-  int64_t need = s->req_ns * (ahead + 1) / s->o.workers; /* the wait, then its own compute */
+  int64_t need = wait + s->req_ns / s->o.workers; /* the wait, then its own compute */
   if (need <= left / ADMIT_DEN * ADMIT_NUM)
     return 0;
   snprintf(msg, cap,

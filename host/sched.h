@@ -71,6 +71,7 @@ struct vt_job {
 
 typedef struct vt_sched_opts {
   int workers, max_batch, max_delay_us, capacity;
+  int max_queue_ms; /* refuse a job the work ahead would keep waiting longer (0: no limit) */
   int compute_delay_us; /* testing: added to every batch's compute (0: none) */
 } vt_sched_opts;
 
@@ -90,7 +91,8 @@ enum { VT_SCHED_FULL = 1, VT_SCHED_CLOSED = 2, VT_SCHED_LATE = 3 };
 /* Queues j: 0, VT_SCHED_FULL (capacity reached), VT_SCHED_LATE (the jobs ahead of it and j
  * itself, at the recent compute time per request shared by the workers, would take more than 3/4
  * of the time its deadline leaves, the rest being the margin for the estimate's error; j->msg says
- * how long: only when a queue exists and a batch has been timed) or VT_SCHED_CLOSED (stopping).
+ * how long: only when a queue exists and a batch has been timed; also when the wait alone would
+ * exceed max_queue_ms, deadline or not) or VT_SCHED_CLOSED (stopping).
  * On non-zero the job was not taken and done() will not be called. A full queue first finishes
  * the expired and cancelled jobs it holds (VT_JOB_EXPIRED / VT_JOB_CANCELLED, done() called
  * here), so only calls someone still waits for count against the capacity. */

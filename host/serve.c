@@ -32,7 +32,7 @@ typedef struct opt {
 
 enum {
   O_BUNDLE, O_CATALOG, O_LISTEN, O_METRICS, O_WORKERS, O_CQ, O_BATCH, O_DELAY, O_CAPACITY,
-  O_EVENTS, O_MSG, O_DRAIN, O_LINGER, O_LOGFMT, O_LOGREQ, O_CDELAY, O_DEVICE, O_GRAPHS,
+  O_MAXQ, O_EVENTS, O_MSG, O_DRAIN, O_LINGER, O_LOGFMT, O_LOGREQ, O_CDELAY, O_DEVICE, O_GRAPHS,
   O_TLS_CERT, O_TLS_KEY, O_TLS_CA, O_WATCH, O_MAXAGE, O_N
 };
 
@@ -57,6 +57,11 @@ static opt OPTS[O_N] = {
     [O_CAPACITY] = {"--queue-capacity", "VITRINE_QUEUE_CAPACITY", "N",
                     "requests that may wait; more are refused with UNAVAILABLE", NULL, 512, 1,
                     1000000},
+    [O_MAXQ] = {"--max-queue-ms", "VITRINE_MAX_QUEUE_MS", "N",
+                "refuse (UNAVAILABLE) a request the queued work would keep waiting longer than "
+                "this, deadline or not, so a backlog stays short and drains fast (0: only the "
+                "deadline limits the wait)",
+                NULL, 0, 0, 3600000},
     [O_EVENTS] = {"--max-request-events", "VITRINE_MAX_REQUEST_EVENTS", "N",
                   "events (and excluded ids) one request may carry", NULL, 4096, 1, 10000000},
     [O_MSG] = {"--max-message-bytes", "VITRINE_MAX_MESSAGE_BYTES", "N",
@@ -476,6 +481,7 @@ int vt_serve_main(int argc, char **argv) {
                       .max_batch = (int)OPTS[O_BATCH].ival,
                       .max_delay_us = (int)OPTS[O_DELAY].ival,
                       .capacity = (int)OPTS[O_CAPACITY].ival,
+                      .max_queue_ms = (int)OPTS[O_MAXQ].ival,
                       .compute_delay_us = (int)OPTS[O_CDELAY].ival};
   if (vt_sched_create(&s, &so, g, m, &err)) { /* takes g */
     g = NULL;

@@ -499,6 +499,7 @@ int vb_run_step(vb_client *c, const vb_step_spec *spec, vb_step_data *d, vb_prog
   c->next_ch = 0;
   int rc = 0, w = 0;
   x->t0 = vb_now_ns();
+  d->t0_ns = x->t0;
   d->win[0].start = 0;
   d->win[0].end = spec->warmup_ns;
   if (spec->mode == VB_CLOSED) {

@@ -81,6 +81,7 @@ typedef struct vb_step_data {
   /* open loop, per window of the scheduled time (issued: of the time the sender got to it) */
   long scheduled[VB_MAX_WINDOWS + 2], issued[VB_MAX_WINDOWS + 2], dropped[VB_MAX_WINDOWS + 2];
   long max_in_flight;
+  int64_t t0_ns; /* the step's t0 on CLOCK_MONOTONIC (to line its records up with other clocks) */
 } vb_step_data;
 
 typedef struct vb_client vb_client;

@@ -60,6 +60,9 @@ static void usage(FILE *f) {
       "  --label NAME             the system's name in the output files (default: the target)\n"
       "  --out DIR                write DIR/results.json and DIR/results.csv\n"
       "  --quiet                  no progress on stderr\n"
+      "  --records DIR            also write DIR/records-N.csv: every call of step N (times,\n"
+      "                           status, server timing), after a line with the step's t0\n"
+      "                           on CLOCK_MONOTONIC\n"
       "\n"
       "Exit status: 0 when every step ran (errors the server answered are results, in the\n"
       "table and the files), 1 when the server cannot be reached or a step cannot run, 2 for\n"
@@ -110,7 +113,7 @@ static int parse_double(const char *s, double lo, double hi, double *out) {
 enum {
   O_TARGET = 256, O_REQUESTS, O_CONC, O_RATE, O_ARRIVALS, O_SEED, O_WARMUP, O_WINDOW,
   O_MAXWIN, O_TOL, O_TIMEOUT, O_MAXOUT, O_CONNS, O_DRAIN, O_LAG, O_CONNECT, O_LABEL, O_OUT,
-  O_QUIET, O_HELP
+  O_QUIET, O_HELP, O_RECORDS
 };
 
 int main(int argc, char **argv) {
@@ -135,6 +138,7 @@ int main(int argc, char **argv) {
       {"out", required_argument, NULL, O_OUT},
       {"quiet", no_argument, NULL, O_QUIET},
       {"help", no_argument, NULL, O_HELP},
+      {"records", required_argument, NULL, O_RECORDS},
       {NULL, 0, NULL, 0}};
   vb_run_info run = {0};
   run.target = "127.0.0.1:50051";
@@ -149,7 +153,7 @@ int main(int argc, char **argv) {
   run.drain_s = 10;
   run.max_lag_ms = 5;
   double connect_s = 30, d;
-  const char *out_dir = NULL;
+  const char *out_dir = NULL, *records_dir = NULL;
   int quiet = 0, c;
   while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
     int bad = 0;
@@ -191,6 +195,7 @@ int main(int argc, char **argv) {
     case O_LABEL: run.label = optarg; break;
     case O_OUT: out_dir = optarg; break;
     case O_QUIET: quiet = 1; break;
+    case O_RECORDS: records_dir = optarg; break;
     case O_HELP: usage(stdout); return 0;
     default: usage(stderr); return 2;
     }
@@ -355,6 +360,10 @@ int main(int argc, char **argv) {
         best_closed = res[n_res].ok_per_s;
       n_res++;
       if (out_dir && vb_write_results(out_dir, &run, res, n_res, err, sizeof err)) {
+        fprintf(stderr, "vitrine-bench: %s\n", err);
+        rc = 1;
+      }
+      if (records_dir && vb_write_records(records_dir, n_res, &data, err, sizeof err)) {
         fprintf(stderr, "vitrine-bench: %s\n", err);
         rc = 1;
       }

@@ -419,3 +419,29 @@ int vb_write_results(const char *dir, const vb_run_info *run, const vb_result *r
   free(csv);
   return rc;
 }
+
+int vb_write_records(const char *dir, int step, const vb_step_data *d, char *err, size_t cap) {
+  if (make_dirs(dir, err, cap))
+    return -1;
+  char path[4200];
+  snprintf(path, sizeof path, "%s/records-%d.csv", dir, step);
+  FILE *f = fopen(path, "w");
+  if (!f) {
+    snprintf(err, cap, "%s: %s", path, strerror(errno));
+    return -1;
+  }
+  fprintf(f, "# t0_monotonic_ns=%lld\n", (long long)d->t0_ns);
+  fprintf(f, "intended_ns,sent_ns,done_ns,status,batch,queue_us,compute_us,total_us\n");
+  for (size_t i = 0; i < d->n_rec; i++) {
+    const vb_record *r = &d->rec[i];
+    fprintf(f, "%lld,%lld,%lld,%s,%d,%lld,%lld,%lld\n", (long long)r->intended,
+            (long long)r->sent, (long long)r->done, vb_status_name(r->status), (int)r->batch,
+            (long long)r->queue_us, (long long)r->compute_us, (long long)r->total_us);
+  }
+  int bad = ferror(f);
+  if (fclose(f) != 0 || bad) {
+    snprintf(err, cap, "%s: write failed", path);
+    return -1;
+  }
+  return 0;
+}

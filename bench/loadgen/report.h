@@ -44,5 +44,10 @@ void vb_progress_end(vb_progress *p);
 /* Writes dir/results.json and dir/results.csv (every step so far). 0, or -1 with err. */
 int vb_write_results(const char *dir, const vb_run_info *run, const vb_result *res, int n,
                      char *err, size_t cap);
+/* Writes dir/records-<step>.csv (step: 1, 2, ... in the order run): every call of the step, one
+ * line each (intended, sent and done times in ns since the step's t0, the status's name, the
+ * server's batch size and timing), after a line `# t0_monotonic_ns=<t0>` that places t0 on
+ * CLOCK_MONOTONIC. For analyses the summary cannot give (bench/soak.py's overload). 0, or -1. */
+int vb_write_records(const char *dir, int step, const vb_step_data *d, char *err, size_t cap);
 
 #endif

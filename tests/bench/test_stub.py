@@ -111,6 +111,32 @@ def test_errors_are_counted_by_status_and_excluded_from_ok(servers, requests_fil
     assert int(row["errors"]) == s["errors"]
 
 
+def test_records_hold_every_call_on_the_monotonic_clock(servers, requests_file, tmp_path):
+    stub = servers("stub", "--delay-ms", "10", "--fail-every", "4", "--fail-code", "UNAVAILABLE")
+    before = time.monotonic_ns()
+    p, res = run_bench(stub.target, requests_file, "--concurrency", "2", "--rate", "50",
+                       "--records", str(tmp_path / "rec"), *FAST, out=str(tmp_path))
+    after = time.monotonic_ns()
+    for n, s in enumerate(res["steps"], 1):
+        with open(tmp_path / "rec" / ("records-%d.csv" % n)) as f:
+            head = f.readline()
+            rows = list(csv.DictReader(f))
+        t0 = int(head.split("=")[1])
+        assert head.startswith("# t0_monotonic_ns=") and before <= t0 <= after
+        # every call of the step: the measured ones, the warm-up's and those after the windows
+        codes = [r["status"] for r in rows]
+        assert set(codes) == {"OK", "UNAVAILABLE"}, set(codes)
+        assert codes.count("UNAVAILABLE") >= s["errors"] + s["discarded_errors"]
+        assert codes.count("OK") >= s["calls_ok"]
+        assert codes.count("UNAVAILABLE") == pytest.approx(len(rows) / 4, abs=3)
+        for r in rows:
+            assert 0 <= int(r["intended_ns"]) <= int(r["sent_ns"]) <= int(r["done_ns"])
+            assert t0 + int(r["done_ns"]) <= after
+            if r["status"] == "OK":  # the stub's delay, and its Timing
+                assert int(r["done_ns"]) - int(r["sent_ns"]) >= 10e6
+                assert int(r["compute_us"]) == 10000 and int(r["batch"]) == 1
+
+
 def test_open_loop_constant_rate_is_kept(servers, requests_file):
     stub = servers("stub", "--delay-ms", "10")
     _, res = run_bench(stub.target, requests_file, "--rate", "200", "--arrivals", "constant",

@@ -519,3 +519,22 @@ def test_a_high_priority_call_is_admitted_past_normal_work(server_factory, base)
     high.priority = pb.PRIORITY_HIGH  # nothing high ahead of it: admitted, served next
     assert srv.recommend(high, timeout=1.0).sections
     assert all(f.result().sections for f in queued)
+
+
+# ---- found by the 5x overload: a backlog as long as the deadline takes seconds to drain after
+# the overload ends; --max-queue-ms bounds it, for calls with or without a deadline ----
+def test_max_queue_ms_bounds_the_backlog(server_factory, base):
+    srv = server_factory("--max-batch", "1", "--max-queue-delay-us", "0",
+                         "--compute-delay-us", "200000", "--max-queue-ms", "300")
+    assert srv.recommend(base, timeout=10).sections  # times one batch
+    queued = [srv.recommend.future(base) for _ in range(3)]  # no deadline
+    wait_metrics(srv, lambda m: metric_value(m, "vitrine_queue_depth") == 2, 5)
+    t0 = time.monotonic()
+    with pytest.raises(grpc.RpcError) as e:
+        srv.recommend(base)  # 2 x 200 ms ahead, no deadline
+    assert time.monotonic() - t0 < 0.15
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE, e.value.details()
+    assert re.search(r"overloaded: the 2 requests queued ahead would keep this one waiting about "
+                     r"\d+ ms, more than --max-queue-ms 300", e.value.details()), e.value.details()
+    assert all(f.result().sections for f in queued)
+    assert srv.recommend(base).sections  # an empty queue admits again
