@@ -8,7 +8,10 @@
  *
  * One JSON line per batch size. A batch is B consecutive requests of the file (wrapping). The
  * throughput and latency come from a run without profiling; on a device the time split comes
- * from a second, shorter run with profiling on (it waits at every phase boundary). */
+ * from a second, shorter run with profiling on (it waits at every phase boundary). Each line also
+ * has the phases' mean milliseconds per batch and, on the CPU, the GEMM GFLOP the encoder and the
+ * decoder issued per batch (counted at every SGEMM call: below), for bench/sweep.py's rates. */
+#include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +26,43 @@ static double now_s(void) {
   struct timespec t;
   clock_gettime(CLOCK_MONOTONIC, &t);
   return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+/* The GEMM work of the timed batches, by phase. This target is linked with
+ * -Wl,--wrap=cblas_sgemm (CMakeLists.txt), so every SGEMM of the CPU backend
+ * (kernels/cpu/matmul.c) passes through __wrap_cblas_sgemm, which adds 2 M N K to the phase the
+ * engine is in and calls OpenBLAS. A call is the encoder's while the engine's batch counter still
+ * has the value it had when run_batch started (vt_engine_run counts a batch once its encoder is
+ * done), the decoder's after. A device backend issues no cblas call: its counts stay 0. */
+void __real_cblas_sgemm(const enum CBLAS_ORDER order, const enum CBLAS_TRANSPOSE ta,
+                        const enum CBLAS_TRANSPOSE tb, const blasint M, const blasint N,
+                        const blasint K, const float alpha, const float *A, const blasint lda,
+                        const float *B, const blasint ldb, const float beta, float *C,
+                        const blasint ldc);
+void __wrap_cblas_sgemm(const enum CBLAS_ORDER order, const enum CBLAS_TRANSPOSE ta,
+                        const enum CBLAS_TRANSPOSE tb, const blasint M, const blasint N,
+                        const blasint K, const float alpha, const float *A, const blasint lda,
+                        const float *B, const blasint ldb, const float beta, float *C,
+                        const blasint ldc);
+
+static const vt_profile *g_prof; /* the engine's, while counting; NULL: not counting */
+static long g_batch0;            /* g_prof->batches when the current batch started */
+static double g_flop[2];         /* [encoder, decoder] */
+
+void __wrap_cblas_sgemm(const enum CBLAS_ORDER order, const enum CBLAS_TRANSPOSE ta,
+                        const enum CBLAS_TRANSPOSE tb, const blasint M, const blasint N,
+                        const blasint K, const float alpha, const float *A, const blasint lda,
+                        const float *B, const blasint ldb, const float beta, float *C,
+                        const blasint ldc) {
+  if (g_prof)
+    g_flop[g_prof->batches != g_batch0] += 2.0 * M * N * K;
+  __real_cblas_sgemm(order, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+static int run_batch(vt_engine *e, const vt_request *batch, int B, vt_storefront *out,
+                     vt_err *err) {
+  g_batch0 = vt_engine_profile(e)->batches;
+  return vt_engine_run(e, batch, B, out, NULL, NULL, err);
 }
 
 static int cmp_double(const void *a, const void *b) {
@@ -107,11 +147,13 @@ int main(int argc, char **argv) {
     p = strchr(p, ',') ? strchr(p, ',') + 1 : p + strlen(p);
     for (int k = 0; k < B; k++) /* warm-up: grows the arena to this batch size */
       batch[k] = reqs[k % n];
-    if (vt_engine_run(e, batch, B, out, NULL, NULL, &err)) {
+    if (run_batch(e, batch, B, out, &err)) {
       fprintf(stderr, "bench_engine: %s\n", err.msg);
       return 1;
     }
     memset(vt_engine_profile(e), 0, sizeof(vt_profile));
+    g_flop[0] = g_flop[1] = 0;
+    g_prof = vt_engine_profile(e);
     size_t nl = 0;
     long done = 0;
     int next = 0;
@@ -121,7 +163,7 @@ int main(int argc, char **argv) {
         batch[k] = reqs[(next + k) % n];
       next = (next + B) % n;
       double t0 = now_s();
-      if (vt_engine_run(e, batch, B, out, NULL, NULL, &err)) {
+      if (run_batch(e, batch, B, out, &err)) {
         fprintf(stderr, "bench_engine: %s\n", err.msg);
         return 1;
       }
@@ -133,6 +175,7 @@ int main(int argc, char **argv) {
       total += lat[i];
     qsort(lat, nl, sizeof *lat, cmp_double);
     const long steps = vt_engine_profile(e)->decode_steps, batches_run = vt_engine_profile(e)->batches;
+    g_prof = NULL;
     if (on_device) { /* the split, from a shorter run that waits at every phase boundary */
       memset(vt_engine_profile(e), 0, sizeof(vt_profile));
       vt_engine_set_profiling(e, 1);
@@ -141,7 +184,7 @@ int main(int argc, char **argv) {
         for (int j = 0; j < B; j++)
           batch[j] = reqs[(next + j) % n];
         next = (next + B) % n;
-        if (vt_engine_run(e, batch, B, out, NULL, NULL, &err)) {
+        if (run_batch(e, batch, B, out, &err)) {
           fprintf(stderr, "bench_engine: %s\n", err.msg);
           return 1;
         }
@@ -155,12 +198,16 @@ int main(int argc, char **argv) {
            "\"batch_ms_p50\": %.3f, \"batch_ms_p99\": %.3f, \"batches\": %zu, "
            "\"share_encode\": %.3f, \"share_decode\": %.3f, \"share_beam\": %.3f, "
            "\"share_retrieve\": %.3f, \"beam_of_decode\": %.4f, \"steps_per_batch\": %.1f, "
-           "\"arena_mib\": %.1f}\n",
+           "\"arena_mib\": %.1f, \"ms_encode\": %.4f, \"ms_decode\": %.4f, \"ms_beam\": %.4f, "
+           "\"ms_retrieve\": %.4f, \"gemm_gflop_encode\": %.9f, \"gemm_gflop_decode\": %.9f}\n",
            vt_engine_device(e), graphs, B, (double)done / total, 1e3 * lat[nl / 2],
            1e3 * lat[nl * 99 / 100 < nl ? nl * 99 / 100 : nl - 1], nl, pr->encode_ns / all,
            pr->decode_ns / all, pr->beam_ns / all, pr->retrieve_ns / all,
            pr->beam_ns / (pr->decode_ns + pr->beam_ns), (double)steps / (double)batches_run,
-           (double)vt_engine_arena_bytes(e) / (1 << 20));
+           (double)vt_engine_arena_bytes(e) / (1 << 20), pr->encode_ns * 1e-6 / (double)pr->batches,
+           pr->decode_ns * 1e-6 / (double)pr->batches, pr->beam_ns * 1e-6 / (double)pr->batches,
+           pr->retrieve_ns * 1e-6 / (double)pr->batches, g_flop[0] * 1e-9 / (double)batches_run,
+           g_flop[1] * 1e-9 / (double)batches_run);
     fflush(stdout);
   }
   for (int i = 0; i < n; i++)
