@@ -7,7 +7,7 @@ REQUEST ?= train/demo_request.json
 MODEL_SRC := train/shop.py train/model.py train/data.py train/vocab.py train/calendar.py train/train.py
 
 .PHONY: all deps configure build demo test bundle golden eval parity bench-cpu check-asan \
-	check-valgrind beauty-eval bench-serve gpu-pack fuzz soak clean
+	check-valgrind beauty-eval bench-serve bench-sweep gpu-pack fuzz soak clean
 
 all: build
 
@@ -67,6 +67,16 @@ parity: build golden
 
 bench-cpu: build bundle
 	bench/run_cpu.sh 1
+
+# the scale sweep (bench/sweep.py, issue #13): one dimension at a time around a generated base
+# bundle (history, sections, keywords and products per section, catalogue, width), the C engine
+# against batched PyTorch at the same threads, the time per phase and the GEMMs' GFLOP/s against
+# OpenBLAS's SGEMM; bundles cached in $(BUILD)/sweep, tables and plots in $(BUILD)/bench/sweep.
+# `make bench-sweep SWEEP_ARGS="--dims history --quick"` for a part or a tiny version
+SWEEP_ARGS ?=
+bench-sweep: build
+	$(PY) bench/sweep.py --build $(BUILD) --out $(BUILD)/bench/sweep --cache $(BUILD)/sweep \
+	  $(SWEEP_ARGS)
 
 # the serving side-by-side: vitrine serve against the Python grpcio + PyTorch peer, both swept by
 # build/vitrine-bench (closed-loop concurrency and open-loop Poisson rates); bench/README.md
