@@ -324,12 +324,15 @@ def measure(a, c, d, reqs, env):
     ms = {k: cr["ms_" + k] for k in PHASES}
     return {
         "c_requests_per_s": c_rps, "torch_requests_per_s": t_rps, "c_over_torch": c_rps / t_rps,
-        "torch_requests_per_cpu_s": tr.get("requests_per_cpu_s"),
+        "c_requests_per_cpu_s": cr["requests_per_cpu_s"],
+        "torch_requests_per_cpu_s": tr["requests_per_cpu_s"],
+        "c_over_torch_cpu": cr["requests_per_cpu_s"] / tr["requests_per_cpu_s"],
         "c_batch_ms_p50": cr["batch_ms_p50"], "c_batch_ms_p99": cr["batch_ms_p99"],
         "torch_batch_ms_p50": tr["batch_ms_p50"], "torch_batch_ms_p99": tr["batch_ms_p99"],
         "c_batches": cr["batches"], "torch_batches": tr["batches"],
         "shares": shares, "ms": ms,
         "torch_shares": {k: ts[k] / sum(ts.values()) for k in PHASES},
+        "torch_ms": {k: ts[k] / sum(ts.values()) * 1e3 * B / t_rps for k in PHASES},
         "steps_per_batch": steps, "arena_mib": cr["arena_mib"],
         "enc_rows_per_batch": B * n1,
         "enc_gflop": enc_flop * 1e-9, "enc_gflop_counted": cr["gemm_gflop_encode"],
@@ -358,17 +361,18 @@ def pct(x):
 def table(dim, rows):
     """The markdown table of one dimension's rows."""
     out = ["### %s (%s)" % (dim, LABEL[dim]), "",
-           "| %s | C req/s | PyTorch req/s | C / PyTorch | C batch ms | encode | decode steps "
-           "| beam step | retrieve+rank | PyTorch enc/dec/beam/page | dec rows/step "
+           "| %s | C req/s | PyTorch req/s | C / PyTorch | per CPU s | C batch ms | encode "
+           "| decode steps | beam step | retrieve+rank | PyTorch enc/dec/beam/page | dec rows/step "
            "| enc GFLOP/s (SGEMM) | dec GFLOP/s (SGEMM) |" % LABEL[dim],
-           "|" + " ---: |" * 13]
+           "|" + " ---: |" * 14]
     for r in rows:
         if "error" in r:
             out.append("| %s | failed: %s |" % (r["label"], r["error"].splitlines()[0][:80]))
             continue
         s, ts = r["shares"], r["torch_shares"]
         cells = [r["label"], fmt(r["c_requests_per_s"]), fmt(r["torch_requests_per_s"]),
-                 "%.2fx" % r["c_over_torch"], fmt(r["c_batch_ms_p50"], "%.2f")]
+                 "%.2fx" % r["c_over_torch"], "%.2fx" % r["c_over_torch_cpu"],
+                 fmt(r["c_batch_ms_p50"], "%.2f")]
         cells += [pct(s[k]) for k in PHASES]
         cells += ["/".join("%.0f" % (100 * ts[k]) for k in PHASES) + "%",
                   fmt(r["dec_rows_per_step"]),
@@ -379,7 +383,8 @@ def table(dim, rows):
 
 
 def plot(dim, rows, path):
-    """sweep-DIM.png: requests/s of both engines, the C engine's time per phase, GFLOP/s."""
+    """sweep-DIM.png: requests/s of both engines, their time per batch by phase, the C
+    engine's GEMM GFLOP/s against OpenBLAS's."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -392,20 +397,25 @@ def plot(dim, rows, path):
     ax[0].set_yscale("log")
     ax[0].set_ylabel("requests/s")
     ax[0].set_title("throughput")
-    bottom = [0.0] * len(rows)
-    for k, name in (("encode", "encoder"), ("decode", "decoder steps"), ("beam", "beam step"),
-                    ("retrieve", "retrieval + ranking")):
-        v = [r["ms"][k] for r in rows]
-        ax[1].bar(x, v, bottom=bottom, label=name)
-        bottom = [b + y for b, y in zip(bottom, v)]
+    names = dict(encode="encoder", decode="decoder steps", beam="beam step",
+                 retrieve="retrieval + ranking")
+    for side, key, hatch in ((-0.2, "ms", None), (0.2, "torch_ms", "//")):
+        bottom = [0.0] * len(rows)
+        for i, k in enumerate(PHASES):
+            v = [r[key][k] for r in rows]
+            ax[1].bar([p + side for p in x], v, width=0.38, bottom=bottom, color="C%d" % i,
+                      hatch=hatch, edgecolor="white" if hatch else None,
+                      label=names[k] if hatch is None else None)
+            bottom = [b + y for b, y in zip(bottom, v)]
+    ax[1].bar([0], [0], color="white", edgecolor="grey", hatch="//", label="(hatched: PyTorch)")
     ax[1].set_ylabel("ms per batch")
-    ax[1].set_yscale("log" if max(bottom, default=1) > 50 * min(bottom, default=1) else "linear")
-    ax[1].set_title("C engine: where the time goes")
-    for key, style, name in (("enc_gflops", "o-", "encoder"), ("sgemm_enc_gflops", "o:",
-                                                               "SGEMM @ encoder shapes"),
-                             ("dec_gflops", "s-", "decoder steps"),
-                             ("sgemm_dec_gflops", "s:", "SGEMM @ decoder shapes")):
-        ax[2].plot(x, [r[key] for r in rows], style, label=name)
+    ax[1].set_title("time per batch by phase: C engine, batched PyTorch")
+    for key, style, color, name in (
+            ("enc_gflops", "o-", "C0", "encoder"),
+            ("sgemm_enc_gflops", "o:", "C0", "SGEMM @ encoder shapes"),
+            ("dec_gflops", "s-", "C1", "decoder steps"),
+            ("sgemm_dec_gflops", "s:", "C1", "SGEMM @ decoder shapes")):
+        ax[2].plot(x, [r[key] for r in rows], style, color=color, label=name)
     ax[2].set_ylabel("GFLOP/s")
     ax[2].set_title("C engine GEMMs against OpenBLAS")
     for a in ax:
@@ -484,7 +494,7 @@ def main(argv=None):
            "host": platform.node(), "cpus": os.cpu_count(), "machine": platform.machine(),
            "batch": a.batch, "threads": a.threads, "seconds": a.seconds, "rounds": a.rounds,
            "quick": q, "base": base, "dims": dims, "values": {d: values[d] for d in dims},
-           "sgemm_peak_gflops": peak}
+           "sgemm_peak_gflops": peak, "loadavg_start": os.getloadavg()}
     res_path = os.path.join(a.out, "results.jsonl")
     open(res_path, "w").close()
     done = {}  # configuration -> its measurement (the base is in every dimension)
@@ -519,17 +529,20 @@ def main(argv=None):
                     dim, row["label"], row["c_requests_per_s"], row["torch_requests_per_s"],
                     row["row_s"], time.time() - t_start))
     run["elapsed_s"] = round(time.time() - t_start, 1)
+    run["loadavg_end"] = os.getloadavg()
     with open(os.path.join(a.out, "run.json"), "w") as f:
         json.dump(run, f, indent=1)
     tables = []
     for dim in dims:
         plot(dim, by_dim[dim], os.path.join(a.out, "sweep-%s.png" % dim))
         tables.append(table(dim, by_dim[dim]))
-    text = ("## Scale sweep, %s\n\n`%s`\n\nbatch %d, %d thread(s), %s, %d CPUs; OpenBLAS SGEMM "
-            "peak (1024^3): %.1f GFLOP/s; %.0f s in all. Shares: of the C engine's timed phases; "
-            "GFLOP/s: achieved by the C engine's GEMMs (SGEMM: OpenBLAS at the same shapes).\n\n"
+    text = ("## Scale sweep, %s\n\n`%s`\n\nbatch %d, %d thread(s), %s, %d CPUs, load average "
+            "%.2f at the start and %.2f at the end (1 min); OpenBLAS SGEMM peak (1024^3): %.1f "
+            "GFLOP/s; %.0f s in all. Shares: of the C engine's timed phases; GFLOP/s: achieved "
+            "by the C engine's GEMMs (SGEMM: OpenBLAS at the same shapes).\n\n"
             % (run["started"], run["command"], a.batch, a.threads, run["host"], run["cpus"],
-               peak, run["elapsed_s"])) + "\n\n".join(tables) + "\n"
+               run["loadavg_start"][0], run["loadavg_end"][0], peak, run["elapsed_s"])
+            ) + "\n\n".join(tables) + "\n"
     with open(os.path.join(a.out, "tables.md"), "w") as f:
         f.write(text)
     print(text)

@@ -49,6 +49,10 @@ def test_the_numbers_hang_together(sweep):
         assert r["c_requests_per_s"] > 0 and r["torch_requests_per_s"] > 0
         assert r["c_over_torch"] == pytest.approx(r["c_requests_per_s"] /
                                                   r["torch_requests_per_s"], rel=1e-12)
+        assert r["c_over_torch_cpu"] == pytest.approx(r["c_requests_per_cpu_s"] /
+                                                      r["torch_requests_per_cpu_s"], rel=1e-12)
+        # one thread each: a process's CPU time is at most about its wall time
+        assert r["c_requests_per_cpu_s"] >= 0.9 * r["c_requests_per_s"] > 0
         for sh in (r["shares"], r["torch_shares"]):
             assert sorted(sh) == sorted(S.PHASES) and all(0 <= v <= 1 for v in sh.values())
             assert sum(sh.values()) == pytest.approx(1, abs=0.01)
