@@ -2,6 +2,9 @@
  * wakes workers (a job arrived, or stopping), `idle` wakes vt_sched_wait_idle. */
 #include "sched.h"
 
+#include "kernels/ops.h"
+#include "server.h"
+
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -305,6 +308,16 @@ int vt_sched_create(vt_sched **out, const vt_sched_opts *o, vt_gen *g, vt_metric
   vt_sched *s = calloc(1, sizeof *s);
   if (!s)
     return vt_fail(err, VT_ENOMEM, "out of memory");
+  /* the workers are the parallelism: each CPU engine's SGEMMs run on its own thread. Left at its
+   * default, OpenBLAS would add a thread per core that spins between calls (measured: half the
+   * server's CPU under load, taken from the gRPC threads); OPENBLAS_NUM_THREADS overrides. */
+  const char *bt = getenv("OPENBLAS_NUM_THREADS");
+  if (!bt || !*bt)
+    vt_blas_set_threads(1);
+  char nw[16], nb[16];
+  snprintf(nw, sizeof nw, "%d", o->workers);
+  snprintf(nb, sizeof nb, "%d", vt_blas_threads());
+  vt_log("info", "engine_threads", "workers", nw, "blas_threads_per_worker", nb, NULL);
   s->o = *o;
   s->m = m;
   s->gen = g;

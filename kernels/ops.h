@@ -60,6 +60,12 @@ enum vt_act { VT_ACT_NONE = 0, VT_ACT_GELU = 1 };
 void vt_matmul(float *out, const float *inp, const float *W, const float *b, int N, int IN,
                int OUT, enum vt_act act);
 
+/* The threads OpenBLAS may use for one vt_matmul (n >= 1), and how many it uses now. Its pthread
+ * build keeps that many threads spinning (sched_yield) between calls, so a server whose workers
+ * are the parallelism runs it with 1. */
+void vt_blas_set_threads(int n);
+int vt_blas_threads(void);
+
 /* Bidirectional self-attention over a ragged batch with the time-bucket bias computed on the fly.
  * qkv (Ntot, 3C): q | k | v, head h in columns h*HS .. h*HS+HS-1 of each third;
  * ts (Ntot,) event times in seconds; bias (NH, 129); out (Ntot, C).

@@ -40,3 +40,11 @@ void vt_matmul(float *out, const float *inp, const float *W, const float *b, int
     }
   }
 }
+
+void vt_blas_set_threads(int n) {
+  openblas_set_num_threads(n);
+}
+
+int vt_blas_threads(void) {
+  return openblas_get_num_threads();
+}

@@ -1,6 +1,7 @@
 """Dynamic batching, priorities, deadlines, cancellation and overload against a real server."""
 import json
 import os
+import re
 import time
 
 import grpc
@@ -163,3 +164,15 @@ def test_overload_sheds_with_unavailable(server_factory, fixture_requests):
     assert metric_value(m, "vitrine_requests_total", method="/vitrine.v1.Storefront/Recommend",
                         code="UNAVAILABLE") == shed
     still_healthy(srv, fixture_requests)
+
+
+def test_openblas_runs_one_thread_per_worker_unless_told(server_factory, fixture_requests):
+    # OpenBLAS's own default (a spinning thread per core) took half the server's CPU under load
+    srv = server_factory("--workers", "2")
+    line = srv.wait_for(r"\bengine_threads\b", 5)
+    assert re.search(r"\bworkers\W+2\b", line) and \
+        re.search(r"\bblas_threads_per_worker\W+1\b", line), line
+    assert srv.recommend(request_from_json(fixture_requests[0]), timeout=10).sections
+    srv = server_factory(env={"OPENBLAS_NUM_THREADS": "2"})
+    line = srv.wait_for(r"\bengine_threads\b", 5)
+    assert re.search(r"\bblas_threads_per_worker\W+2\b", line), line
