@@ -6,8 +6,8 @@ THREADS ?= 2
 REQUEST ?= train/demo_request.json
 MODEL_SRC := train/shop.py train/model.py train/data.py train/vocab.py train/calendar.py train/train.py
 
-.PHONY: all deps configure build demo test bundle golden eval parity bench-cpu check-asan \
-	check-valgrind beauty-eval bench-serve bench-sweep gpu-pack fuzz soak clean
+.PHONY: all deps configure build demo test bundle bundle-scale golden eval parity bench-cpu \
+	check-asan check-valgrind beauty-eval bench-serve bench-sweep gpu-pack fuzz soak clean
 
 all: build
 
@@ -37,6 +37,14 @@ $(DEMO)/bundle/manifest.json: $(DEMO)/models/student-ranker.json train/export.py
 	  --metrics $(DEMO)/models/training.json --force
 
 bundle: deps $(DEMO)/bundle/manifest.json
+
+# a production-sized bundle, catalogue and request file with random weights, for benchmarks
+# (train/bundle_scale.py, issue #13): by default the issue's sizes (d_model 512, 8 heads, 4 + 2
+# layers, 300k keywords, 20k themes, 1M products); SCALE_ARGS changes them (--help lists them)
+SCALE ?= $(BUILD)/scale
+SCALE_ARGS ?=
+bundle-scale: deps
+	$(PY) -m train.bundle_scale --out $(SCALE) $(SCALE_ARGS)
 
 $(DEMO)/golden.safetensors: $(DEMO)/bundle/manifest.json train/golden.py train/cascade.py
 	$(PY) -m train.golden --shop $(DEMO)/shop.json --bundle $(DEMO)/bundle \
