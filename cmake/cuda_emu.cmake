@@ -8,8 +8,8 @@
 #                        tests/cuda_emu/*.cc: what vitrine_cuda is, on the emulator. An executable
 #                        links it instead of VITRINE_CUDA_IMPL, so it never gets both.
 #   NAME_emu             the CUDA tests (test_cuda_ops, test_backend, test_decode_ops,
-#                        test_device_parity) on the emulator, every order (forward, reverse,
-#                        shuffle) where the test asks for it
+#                        test_device_parity, test_rules) on the emulator, every order
+#                        (forward, reverse, shuffle) where the test asks for it
 #   vitrine-emu          the CLI on the emulator (tests/server/test_device_emu.py)
 #   test_cuda_emu        the emulator's own tests (tests/test_cuda_emu.c with the kernels of
 #                        tests/cuda_emu/selftest_kernels.cu)
@@ -81,7 +81,7 @@ if(VITRINE_SANITIZE)
 else()
   set(VITRINE_EMU_TEST_TIMEOUT 600)
 endif()
-foreach(t test_cuda_ops test_backend test_decode_ops test_device_parity)
+foreach(t test_cuda_ops test_backend test_decode_ops test_device_parity test_rules)
   add_executable(${t}_emu ${CMAKE_SOURCE_DIR}/tests/${t}.c)
   set_property(TARGET ${t}_emu PROPERTY COMPILE_OPTIONS "${VITRINE_EMU_OPTIONS}")
   target_link_libraries(${t}_emu PRIVATE vitrine_host vitrine_cuda_emu PkgConfig::CRITERION)

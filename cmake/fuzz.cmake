@@ -2,7 +2,7 @@
 # with tests/fuzz/replay.c as fuzz_<target>_replay, and `make test` replays the committed corpus
 # and regressions through it (the ASan build of `make check-asan` too). With VITRINE_FUZZ=ON
 # (clang; `make fuzz`) each is also linked with libFuzzer as fuzz_<target>.
-set(VITRINE_FUZZ_TARGETS request wire safetensors bundle catalog)
+set(VITRINE_FUZZ_TARGETS request wire safetensors bundle catalog rules)
 foreach(t ${VITRINE_FUZZ_TARGETS})
   set(src ${CMAKE_SOURCE_DIR}/tests/fuzz/fuzz_${t}.c ${CMAKE_SOURCE_DIR}/tests/fuzz/fuzz.c)
   add_executable(fuzz_${t}_replay ${src} ${CMAKE_SOURCE_DIR}/tests/fuzz/replay.c)

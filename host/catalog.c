@@ -3,6 +3,8 @@
  * accepts and refuses a bad line as `products.tsv:LINE: problem`, as it does. */
 #include "catalog.h"
 
+#include "rules.h"
+
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <math.h>
@@ -420,6 +422,10 @@ int vt_catalog_load(vt_catalog **out, const char *dir, const vt_bundle *b, vt_er
     goto fail;
   }
   for (int p = 0; p < c->n_products; p++) c->log_pop[p] = (float)log1p((double)c->popularity[p]);
+  vt_rules *rules;
+  if ((rc = vt_rules_load(&rules, dir, b, c, err)) != 0)
+    goto fail;
+  vt_rules_apply(c, rules);
   *out = c;
   c = NULL;
   rc = 0;
@@ -462,6 +468,7 @@ void vt_catalog_free(vt_catalog *c) {
     free(c->emb);
   free(c->id_hash);
   vt_st_close(c->st);
+  vt_rules_free(c->rules);
   free(c);
 }
 

@@ -25,6 +25,9 @@ typedef struct vt_catalog {
   int32_t *rel_idx;
   float *rel_w;
   float *emb;            /* (P, d_retrieval) */
+  /* dir/rules.txt (host/rules.h), NULL when there is none: its product rules are already folded
+   * into regions and seasons above; its pruned tries and season table are read by the engine */
+  struct vt_rules *rules;
   /* private: id hash, the mapping */
   int32_t *id_hash;
   int id_hash_size;
@@ -32,7 +35,8 @@ typedef struct vt_catalog {
 } vt_catalog;
 
 /* Loads and validates a catalogue for bundle b (regions, keyword table sha256, n_keywords, code
- * levels and codebook, d_retrieval, and model_version must match). */
+ * levels and codebook, d_retrieval, and model_version must match), then the rules file beside it
+ * when there is one (a bad one refuses the whole load as `DIR/rules.txt:LINE: problem`). */
 int vt_catalog_load(vt_catalog **out, const char *dir, const vt_bundle *b, vt_err *err);
 void vt_catalog_free(vt_catalog *c);
 

@@ -22,6 +22,7 @@
 #include <time.h>
 
 #include "calendar.h"
+#include "rules.h"
 
 #define GRAPH_CACHE 16 /* decode graphs kept per engine, one per bucketed batch shape */
 
@@ -80,6 +81,28 @@ static void trie_stats(const vt_trie *t, int *root, int *branch) {
       *branch = t->indptr[n + 1] - t->indptr[n];
 }
 
+/* A trie's arrays where they are. */
+static vt_trie_csr csr_of(const vt_trie *t) {
+  return (vt_trie_csr){t->indptr, t->token, t->child, t->phrase};
+}
+
+/* One trie's four arrays placed at l (and copied to h's image when h has a base); *dst points at
+ * them when l has a base. */
+static void trie_layout(const vt_trie *t, lay *l, lay *h, vt_trie_csr *dst) {
+  const int32_t *arr[4] = {t->indptr, t->token, t->child, t->phrase};
+  const size_t cnt[4] = {(size_t)t->n_nodes + 1, (size_t)t->n_edges, (size_t)t->n_edges,
+                         (size_t)t->n_nodes};
+  const int32_t *dp[4];
+  for (int a = 0; a < 4; a++) {
+    int32_t *hp = take(h, cnt[a] * 4);
+    dp[a] = take(l, cnt[a] * 4);
+    if (h->base)
+      memcpy(hp, arr[a], cnt[a] * 4);
+  }
+  if (l->base)
+    *dst = (vt_trie_csr){dp[0], dp[1], dp[2], dp[3]};
+}
+
 /* The weights and tries in one buffer: measures (base NULL) or fills w / tries with pointers into
  * base and, when host is not NULL, copies the data into host (a staging image of base). */
 static size_t model_layout(const vt_bundle *b, char *base, char *host, vt_weights *w,
@@ -94,23 +117,8 @@ static size_t model_layout(const vt_bundle *b, char *base, char *host, vt_weight
     if (host)
       memcpy(hp, b->wref[i].data, bytes);
   }
-  const vt_trie *src[2] = {&b->theme_trie, &b->keyword_trie};
-  vt_trie_csr *dst[2] = {tt, kt};
-  for (int k = 0; k < 2; k++) {
-    const vt_trie *t = src[k];
-    const int32_t *arr[4] = {t->indptr, t->token, t->child, t->phrase};
-    const size_t cnt[4] = {(size_t)t->n_nodes + 1, (size_t)t->n_edges, (size_t)t->n_edges,
-                           (size_t)t->n_nodes};
-    const int32_t *dp[4];
-    for (int a = 0; a < 4; a++) {
-      int32_t *d = take(&l, cnt[a] * 4), *hp = take(&h, cnt[a] * 4);
-      dp[a] = d;
-      if (host)
-        memcpy(hp, arr[a], cnt[a] * 4);
-    }
-    if (base)
-      *dst[k] = (vt_trie_csr){dp[0], dp[1], dp[2], dp[3]};
-  }
+  trie_layout(&b->theme_trie, &l, &h, tt);
+  trie_layout(&b->keyword_trie, &l, &h, kt);
   return l.off;
 }
 
@@ -174,9 +182,8 @@ int vt_models_create(vt_model **out, vt_backend *const *bes, int n, const vt_bun
     trie_stats(&b->keyword_trie, &m->keyword_root, &m->keyword_branch);
     if (bes[i]->host_memory) { /* the CPU computes on the bundle's own mapping */
       m->w = b->w;
-      const vt_trie *t = &b->theme_trie, *k = &b->keyword_trie;
-      m->theme_trie = (vt_trie_csr){t->indptr, t->token, t->child, t->phrase};
-      m->keyword_trie = (vt_trie_csr){k->indptr, k->token, k->child, k->phrase};
+      m->theme_trie = csr_of(&b->theme_trie);
+      m->keyword_trie = csr_of(&b->keyword_trie);
     }
   }
   if (bes[0]->host_memory)
@@ -263,6 +270,7 @@ struct vt_engine {
   const vt_bundle *b;
   const vt_catalog *c;
   vt_shelf shelf;
+  vt_trie_csr theme_trie, keyword_trie; /* the model's, or the rules' pruned ones (host/rules.h) */
   void *shelf_buf;        /* the device copy of the catalogue tables (NULL on the CPU) */
   int max_theme_len, max_keyword_len; /* words */
   int max_kw_products;    /* the longest keyword -> products list */
@@ -310,9 +318,21 @@ static int max_phrase_len(const vt_phrases *p) {
   return m;
 }
 
-/* The catalogue's tables in one buffer (as model_layout). */
+/* The rules' pruned tries (host/rules.h), when they prune: into the buffer after the catalogue's
+ * tables, as model_layout places the bundle's. */
+static void rules_tries_layout(const vt_catalog *c, lay *l, lay *h, vt_trie_csr *tt,
+                               vt_trie_csr *kt) {
+  if (!c->rules)
+    return;
+  if (c->rules->theme_trie.n_nodes) /* else nothing denied: the model's trie */
+    trie_layout(&c->rules->theme_trie, l, h, tt);
+  if (c->rules->keyword_trie.n_nodes)
+    trie_layout(&c->rules->keyword_trie, l, h, kt);
+}
+
+/* The catalogue's tables in one buffer (as model_layout), and the rules' tries after them. */
 static size_t shelf_layout(const vt_catalog *c, int n_keywords, char *base, char *host,
-                           vt_shelf *s) {
+                           vt_shelf *s, vt_trie_csr *tt, vt_trie_csr *kt) {
   const size_t P = (size_t)c->n_products, R = (size_t)c->d_retrieval;
   const void *src[] = {c->kw_off, c->kw_prod, c->stock,   c->regions, c->seasons,
                        c->emb,    c->log_pop, c->rel_off, c->rel_idx, c->rel_w};
@@ -347,6 +367,7 @@ static size_t shelf_layout(const vt_catalog *c, int n_keywords, char *base, char
                     .rel_off = dst[7],
                     .rel_idx = dst[8],
                     .rel_w = dst[9]};
+  rules_tries_layout(c, &l, &h, tt, kt);
   return l.off;
 }
 
@@ -404,6 +425,11 @@ static int engine_new(vt_engine **out, vt_model *m, const vt_catalog *c, vt_err 
                         .rel_off = c->rel_off,
                         .rel_idx = c->rel_idx,
                         .rel_w = c->rel_w};
+  /* the rules' pruned tries where they prune (host copies: a device engine moves them), else
+   * the model's */
+  const vt_rules *r = c->rules;
+  e->theme_trie = r && r->theme_trie.n_nodes ? csr_of(&r->theme_trie) : m->theme_trie;
+  e->keyword_trie = r && r->keyword_trie.n_nodes ? csr_of(&r->keyword_trie) : m->keyword_trie;
   *out = e;
   return VT_OK;
 }
@@ -411,7 +437,8 @@ static int engine_new(vt_engine **out, vt_model *m, const vt_catalog *c, vt_err 
 static void fill_shelf(void *ctx, char *stage) {
   const vt_engine *e = ctx;
   vt_shelf s;
-  shelf_layout(e->c, e->b->keywords.n, stage, stage, &s);
+  vt_trie_csr tt, kt;
+  shelf_layout(e->c, e->b->keywords.n, stage, stage, &s, &tt, &kt);
 }
 
 int vt_engines_create(vt_engine **out, vt_model *const *models, int n, const vt_catalog *c,
@@ -429,7 +456,7 @@ int vt_engines_create(vt_engine **out, vt_model *const *models, int n, const vt_
   if (out[0]->be->host_memory)
     return VT_OK;
   const int nk = models[0]->b->keywords.n;
-  const size_t bytes = shelf_layout(c, nk, NULL, NULL, NULL);
+  const size_t bytes = shelf_layout(c, nk, NULL, NULL, NULL, NULL, NULL);
   for (int i = 0; i < n; i++) {
     vt_engine *e = out[i];
     if (!(e->shelf_buf = e->be->alloc(e->be, bytes))) {
@@ -437,7 +464,7 @@ int vt_engines_create(vt_engine **out, vt_model *const *models, int n, const vt_
                    e->be->name, bytes, e->be->error(e->be));
       goto fail;
     }
-    shelf_layout(c, nk, e->shelf_buf, NULL, &e->shelf);
+    shelf_layout(c, nk, e->shelf_buf, NULL, &e->shelf, &e->theme_trie, &e->keyword_trie);
     copies[i] = e->shelf_buf;
     bes[i] = e->be;
   }
@@ -737,8 +764,7 @@ static void featurise(vt_engine *e, const vt_request *reqs, const dims *d, const
     p->group0 = group0;
     group0 += r->sections;
     p->region = r->region;
-    p->season = vt_season_of(r->now, b->regions[r->region].season_offset,
-                             b->regions[r->region].fixed_season);
+    p->season = vt_rules_season(e->c->rules, b, r->region, r->now); /* rules, else calendar */
     p->hist0 = nh;
     for (int k = 0; k < r->n_events; k++)
       if (r->events[k].item >= 0)
@@ -1012,7 +1038,7 @@ static int decode_and_page(vt_engine *e, const dims *d, const bufs *u, float *fi
   int rc, which = 0;
   vt_beam_groups g1 = u->g1;
   if ((rc = decode_stage(e, u, &which, g1, d->Bc, d->cap1, d->steps1, d->wmax1,
-                         e->m->theme_trie, first_logits, err)))
+                         e->theme_trie, first_logits, err)))
     return rc;
   /* rows left after the last step (0, else the step count is wrong), before rows[0] is reused */
   OP(be->copy(be, u->counts, u->rows[which].n, sizeof(int32_t)), "copy");
@@ -1021,7 +1047,7 @@ static int decode_and_page(vt_engine *e, const dims *d, const bufs *u, float *fi
      "themes_to_keywords");
   which = 0;
   if ((rc = decode_stage(e, u, &which, u->g2, d->G2, d->cap2, d->steps2, d->wmax2,
-                         e->m->keyword_trie, NULL, err)))
+                         e->keyword_trie, NULL, err)))
     return rc;
   OP(be->copy(be, u->counts + 1, u->rows[which].n, sizeof(int32_t)), "copy");
   const int timed = e->profiling || be->host_memory;

@@ -14,6 +14,7 @@
 #include "host/catalog.h"
 #include "host/engine.h"
 #include "host/request.h"
+#include "host/rules.h"
 #include "host/serve.h"
 #include "host/text.h"
 
@@ -308,6 +309,15 @@ int main(int argc, char **argv) {
     printf("catalog   %s\n  version   %s\n  products  %d (embeddings %d-d, %.1f MiB)\n", c->dir,
            c->catalog_version, c->n_products, c->d_retrieval,
            (double)c->n_products * c->d_retrieval * 4 / (1 << 20));
+    if (c->rules) {
+      const vt_rules *r = c->rules;
+      printf("rules     %s\n  version   %s\n  rules     %d lines: %d themes and %d keywords "
+             "denied, %d products denied, %d limited by region or season\n",
+             r->name, r->version, r->n_lines, r->n_themes_denied, r->n_keywords_denied,
+             r->n_products_denied, r->n_products_limited);
+    } else {
+      printf("rules     none (no %s/%s)\n", c->dir, VT_RULES_FILE);
+    }
     status = 0;
     goto done;
   }

@@ -93,7 +93,7 @@ def main():
     a = ap.parse_args()
     check_fields()
     out = os.path.join(HERE, "corpus")
-    for t in ("request", "wire", "safetensors", "bundle", "catalog"):
+    for t in ("request", "wire", "safetensors", "bundle", "catalog", "rules"):
         shutil.rmtree(os.path.join(out, t), ignore_errors=True)
         os.makedirs(os.path.join(out, t))
 
@@ -156,6 +156,26 @@ def main():
     cat = os.path.join(a.fixture, "catalog")
     for i, name in enumerate(("manifest.json", "products.tsv", "embeddings.safetensors")):
         put("catalog", name, bytes([i]) + open(os.path.join(cat, name), "rb").read())
+
+    # the catalogue's rules.txt (docs/RULES.md): a valid file, CRLF and comments, refusals
+    rules_seeds = {
+        "example.txt": "# merchandising\nversion 2026-11-27.1\n"
+                       "season sg 06-01..08-31 winter\nseason sg 12-01..02-29 summer\n"
+                       "deny term alpine\ndeny keyword kids shorts\ndeny product p00017\n"
+                       "unavailable product p00042 region=au,sg\n"
+                       "unavailable product p00043 season=summer\n",
+        "crlf_comments.txt": "  # c\r\n\r\nversion v1 # x\r\ndeny theme Fresh Kitchen Picks\r\n"
+                             "deny product p00001",
+        "bad_region.txt": "season mars 01-01..02-01 winter\n",
+        "overlap.txt": "season au 12-01..01-31 winter\nseason au 01-31..02-10 summer\n",
+        "every_theme.txt": "deny term finds\ndeny theme bold gaming edit\n"
+                           "deny theme fresh kitchen picks\ndeny theme rainy baking staples\n"
+                           "deny theme zesty kids essentials\n",
+        "not_yet.txt": "unavailable keyword kids shorts region=eu\n"
+                       "allow-only section 1 theme fresh kitchen picks\n",
+    }
+    for name, text in rules_seeds.items():
+        put("rules", name, text)
     for t in sorted(os.listdir(out)):
         print(t, len(os.listdir(os.path.join(out, t))), "seeds")
 

@@ -9,7 +9,7 @@ set -u
 B=${1:?usage: tests/fuzz/run.sh BUILD_DIR [target ...]}
 shift
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(request wire safetensors bundle catalog)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(request wire safetensors bundle catalog rules)
 SECONDS_EACH=${FUZZ_SECONDS:-60}
 export VT_FIXTURE=${VT_FIXTURE:-$B/fixture}
 cd "$(dirname "$0")/../.."

@@ -1,0 +1,68 @@
+/* The merchandising rules people edit (docs/RULES.md): `rules.txt` beside the catalogue, loaded
+ * with it (vt_catalog_load), so a reload swaps catalogue and rules together and a broken rules
+ * file refuses the reload, naming `rules.txt:LINE`.
+ *
+ * Each rule is applied where it is cheapest, once per catalogue generation, never per request:
+ *   products (deny, unavailable by region or season): folded into the catalogue's regions and
+ *     seasons masks, which the page op already filters on;
+ *   themes, keywords and brand terms (deny): the theme and keyword tries are rebuilt without
+ *     them (phrase ids kept), and the engines decode under those, so they never enter a beam;
+ *   seasons by region and date: a table (region, month, day) -> season that replaces the
+ *     bundle's calendar (and a tropical region's fixed season) where a range covers the date.
+ * Not an engine-layer file of gRPC: the server and the CLI both go through vt_catalog_load. */
+#ifndef VITRINE_HOST_RULES_H
+#define VITRINE_HOST_RULES_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "bundle.h"
+#include "status.h"
+
+struct vt_catalog;
+
+#define VT_RULES_FILE "rules.txt"
+#define VT_RULES_MAX_BYTES (16 << 20) /* a larger rules file is refused */
+#define VT_RULES_VERSION_MAX 64       /* bytes of a `version` line's text */
+
+typedef struct vt_rules {
+  char *name;    /* for messages: the file's path */
+  char *version; /* the `version` line, else the first 12 hex of the file's sha256 */
+  int n_lines;   /* rules (lines that are not blank or comments) */
+  int n_regions;
+  int8_t *season; /* (n_regions, 12, 31): season of (region, month - 1, day - 1), -1: the
+                     bundle's calendar */
+  uint8_t *theme_denied, *keyword_denied; /* (n_themes), (n_keywords): 1 = never generated */
+  int n_themes, n_keywords;
+  int n_themes_denied, n_keywords_denied, n_products_denied, n_products_limited;
+  /* the tries without the denied phrases; n_nodes 0: nothing denied, the bundle's trie */
+  vt_trie theme_trie, keyword_trie;
+  /* products: regions and seasons a product loses (bits as in vt_catalog) */
+  int n_products;
+  uint32_t *product_regions_off; /* (n_products) */
+  uint8_t *product_seasons_off;  /* (n_products) */
+} vt_rules;
+
+/* Parses rules text (len bytes, name for messages) against bundle b and catalogue c (product ids).
+ * A bad line is VT_EFORMAT "name:LINE: problem" naming the unknown region, season, phrase, term or
+ * id. Builds the pruned tries. text needs no final newline and no NUL. */
+int vt_rules_parse(vt_rules **out, const char *text, size_t len, const char *name,
+                   const vt_bundle *b, const struct vt_catalog *c, vt_err *err);
+void vt_rules_free(vt_rules *r);
+
+/* Reads dir/rules.txt when it exists (absent: *out = NULL, VT_OK) and parses it. */
+int vt_rules_load(vt_rules **out, const char *dir, const vt_bundle *b,
+                  const struct vt_catalog *c, vt_err *err);
+
+/* Folds r's product rules into c's regions and seasons masks and hands r to c (c->rules, freed
+ * with c). r may be NULL (no rules). */
+void vt_rules_apply(struct vt_catalog *c, vt_rules *r);
+
+/* The season (0 winter .. 3 autumn) at ts in region `region`: a `season` rule covering the date
+ * wins, else the bundle's calendar (season_offset, fixed_season). r may be NULL. */
+int vt_rules_season(const vt_rules *r, const vt_bundle *b, int region, int64_t ts);
+
+/* The version reported in GetInfo, answers, metrics and logs: "" without rules. */
+const char *vt_rules_version(const vt_rules *r);
+
+#endif
