@@ -44,7 +44,7 @@ struct vt_metrics {
   long worker_batches[VT_METRICS_MAX_WORKERS];
   int n_workers; /* highest worker seen + 1 */
   int serving;
-  char model[128], catalog[128];
+  char model[128], catalog[128], rules[128];
   vt_httpd *http;
 };
 
@@ -137,10 +137,12 @@ void vt_metrics_serving(vt_metrics *m, int serving) {
   pthread_mutex_unlock(&m->mu);
 }
 
-void vt_metrics_versions(vt_metrics *m, const char *model, const char *catalog) {
+void vt_metrics_versions(vt_metrics *m, const char *model, const char *catalog,
+                         const char *rules) {
   pthread_mutex_lock(&m->mu);
   snprintf(m->model, sizeof m->model, "%s", model ? model : "");
   snprintf(m->catalog, sizeof m->catalog, "%s", catalog ? catalog : "");
+  snprintf(m->rules, sizeof m->rules, "%s", rules ? rules : "");
   pthread_mutex_unlock(&m->mu);
 }
 
@@ -263,14 +265,17 @@ char *vt_metrics_render(vt_metrics *m) {
                 "# TYPE vitrine_worker_batches_total counter\n");
   for (int w = 0; w < m->n_workers; w++)
     sb_printf(&b, "vitrine_worker_batches_total{worker=\"%d\"} %ld\n", w, m->worker_batches[w]);
-  char model[300], catalog[300];
+  char model[300], catalog[300], rules[300];
   label_escape(model, sizeof model, m->model);
   label_escape(catalog, sizeof catalog, m->catalog);
+  label_escape(rules, sizeof rules, m->rules);
   sb_printf(&b,
-            "# HELP vitrine_model_info The loaded model and catalogue versions (value 1).\n"
+            "# HELP vitrine_model_info The loaded model, catalogue and rules versions (value 1; "
+            "rules_version empty without a rules file).\n"
             "# TYPE vitrine_model_info gauge\n"
-            "vitrine_model_info{model_version=\"%s\",catalog_version=\"%s\"} 1\n",
-            model, catalog);
+            "vitrine_model_info{model_version=\"%s\",catalog_version=\"%s\","
+            "rules_version=\"%s\"} 1\n",
+            model, catalog, rules);
   pthread_mutex_unlock(&m->mu);
   if (b.oom) {
     free(b.p);

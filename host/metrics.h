@@ -33,7 +33,9 @@ void vt_metrics_queue_depth(vt_metrics *m, long depth);
 void vt_metrics_inflight_add(vt_metrics *m, long delta);
 long vt_metrics_inflight(vt_metrics *m);
 void vt_metrics_serving(vt_metrics *m, int serving);
-void vt_metrics_versions(vt_metrics *m, const char *model, const char *catalog);
+/* The versions of vitrine_model_info (rules: "" without a rules file). */
+void vt_metrics_versions(vt_metrics *m, const char *model, const char *catalog,
+                         const char *rules);
 /* A catalogue reload: ok 1 or 0. */
 void vt_metrics_reload(vt_metrics *m, int ok);
 /* A TLS handshake the server refused (a plaintext client, an untrusted or missing certificate). */

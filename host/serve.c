@@ -1,6 +1,7 @@
 /* `vitrine serve`: options (flags and VITRINE_* environment variables), loading, warm-up, the
  * gRPC server, the metrics endpoint, and the lifecycle driven by signals on the main thread:
- * SIGHUP (or, with --watch-catalog-ms, a change of the catalogue's files) reloads the catalogue;
+ * SIGHUP (or, with --watch-catalog-ms, a change of the catalogue's files or its rules.txt) reloads
+ * the catalogue and its rules together;
  * SIGTERM/SIGINT linger (health NOT_SERVING, still answering), then drain and exit 0. */
 #include "serve.h"
 
@@ -20,6 +21,7 @@
 #include "catalog.h"
 #include "metrics.h"
 #include "device.h"
+#include "rules.h"
 #include "sched.h"
 #include "server.h"
 
@@ -96,8 +98,8 @@ static opt OPTS[O_N] = {
                   "mutual TLS: clients must present a certificate signed by this CA (PEM)", NULL,
                   0, 0, 0},
     [O_WATCH] = {"--watch-catalog-ms", "VITRINE_WATCH_CATALOG_MS", "N",
-                 "reload the catalogue when its files change, looking every N ms (0: only on "
-                 "SIGHUP; follows the symlink swaps of a Kubernetes volume)",
+                 "reload the catalogue when its files or its rules.txt change, looking every N ms "
+                 "(0: only on SIGHUP; follows the symlink swaps of a Kubernetes volume)",
                  NULL, 0, 0, 3600000},
     [O_MAXAGE] = {"--max-connection-age-ms", "VITRINE_MAX_CONNECTION_AGE_MS", "N",
                   "ask each client connection to reconnect after about N ms (GOAWAY; calls in "
@@ -113,7 +115,8 @@ static void usage(FILE *f) {
         "wins over the variable). SIGTERM or SIGINT: health NOT_SERVING while calls are still\n"
         "answered for --drain-linger-ms, then new calls refused while accepted ones finish,\n"
         "exit 0 (another signal ends the linger early; one more stops waiting for the queue);\n"
-        "SIGHUP: reload the catalogue without dropping a request.\n\n",
+        "SIGHUP: reload the catalogue and its rules.txt (docs/RULES.md) without dropping a\n"
+        "request.\n\n",
         f);
   for (int i = 0; i < O_N; i++) {
     const opt *o = &OPTS[i];
@@ -248,13 +251,15 @@ static int reload(vt_sched *s, vt_metrics *m, const vt_bundle *b, vt_model *cons
     vt_log("error", "reload_failed", "catalog", dir, "error", err.msg, NULL);
     return -1;
   }
-  char ms[32], version[160];
+  char ms[32], version[160], rules[VT_RULES_VERSION_MAX + 1];
   fmt_long(ms, sizeof ms, (long)((vt_now_ns() - t0) / 1000000));
   snprintf(version, sizeof version, "%s", g->c->catalog_version);
-  vt_metrics_versions(m, b->model_version, version);
+  snprintf(rules, sizeof rules, "%s", vt_rules_version(g->c->rules));
+  vt_metrics_versions(m, b->model_version, version, rules);
   vt_sched_publish(s, g); /* live from here: the log line says so only after */
   vt_metrics_reload(m, 1);
-  vt_log("info", "reloaded", "catalog", dir, "catalog_version", version, "ms", ms, NULL);
+  vt_log("info", "reloaded", "catalog", dir, "catalog_version", version, "rules_version", rules,
+         "ms", ms, NULL);
   return 0;
 }
 
@@ -305,10 +310,12 @@ static char *read_pem(int o, vt_err *err) {
   return p;
 }
 
-/* What the catalogue directory's files look like now (name, device, inode, size, mtime of each,
- * following symlinks as a Kubernetes volume's ..data swap needs): a 64-bit FNV-1a digest. */
+/* What the catalogue directory's files and its rules file look like now (name, device, inode,
+ * size, mtime of each, following symlinks as a Kubernetes volume's ..data swap needs; an absent
+ * rules.txt counts as zeros): a 64-bit FNV-1a digest. */
 static uint64_t catalog_stamp(const char *dir) {
-  static const char *const files[] = {"manifest.json", "products.tsv", "embeddings.safetensors"};
+  static const char *const files[] = {"manifest.json", "products.tsv", "embeddings.safetensors",
+                                      VT_RULES_FILE};
   uint64_t h = 1469598103934665603ull;
   for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
     char path[4096];
@@ -432,13 +439,18 @@ int vt_serve_main(int argc, char **argv) {
   vt_log("info", "listening", "grpc_port", gp, "metrics_port", mp, "tls",
          !OPTS[O_TLS_CERT].sval ? "off" : OPTS[O_TLS_CA].sval ? "mutual" : "on", NULL);
 
+  /* the files as they are before they are read: a change from here on (even one made while
+   * loading, or right after `serving`) is seen by the first look of --watch-catalog-ms */
+  const long watch_ms = OPTS[O_WATCH].ival;
+  uint64_t stamp = watch_ms ? catalog_stamp(OPTS[O_CATALOG].sval) : 0;
   if (vt_bundle_load(&b, OPTS[O_BUNDLE].sval, &err) ||
       vt_catalog_load(&c, OPTS[O_CATALOG].sval, b, &err)) {
     vt_log("error", "load_failed", "error", err.msg, NULL);
     goto done;
   }
-  char ncat[160];
+  char ncat[160], nrules[VT_RULES_VERSION_MAX + 1];
   snprintf(ncat, sizeof ncat, "%s", c->catalog_version);
+  snprintf(nrules, sizeof nrules, "%s", vt_rules_version(c->rules));
   /* one backend per engine: a CUDA device each, or --workers CPU ones; the weights go to every
    * device once (copied device to device after the first) and stay across reloads */
   if (plan.cuda)
@@ -476,7 +488,7 @@ int vt_serve_main(int argc, char **argv) {
     vt_log("error", "warmup_failed", "error", err.msg, NULL);
     goto done;
   }
-  vt_metrics_versions(m, b->model_version, ncat);
+  vt_metrics_versions(m, b->model_version, ncat, nrules);
   vt_sched_opts so = {.workers = workers,
                       .max_batch = (int)OPTS[O_BATCH].ival,
                       .max_delay_us = (int)OPTS[O_DELAY].ival,
@@ -499,18 +511,17 @@ int vt_serve_main(int argc, char **argv) {
     fmt_long(md, sizeof md, OPTS[O_DELAY].ival);
     fmt_long(ms, sizeof ms, (long)((vt_now_ns() - t0) / 1000000));
     vt_log("info", "serving", "grpc_port", gp, "metrics_port", mp, "model_version",
-           b->model_version, "catalog_version", ncat, "workers", w, "max_batch", mb,
+           b->model_version, "catalog_version", ncat, "rules_version", nrules, "workers", w,
+           "max_batch", mb,
            "max_queue_delay_us", md, "startup_ms", ms, NULL);
   }
   int sig = 0;
-  long watch_ms = OPTS[O_WATCH].ival;
-  uint64_t stamp = watch_ms ? catalog_stamp(OPTS[O_CATALOG].sval) : 0;
   int64_t next_look = vt_now_ns() + watch_ms * 1000000;
   for (;;) {
     sig = poll_signal(&sigs, 100);
     if (sig == SIGHUP) {
+      stamp = watch_ms ? catalog_stamp(OPTS[O_CATALOG].sval) : 0; /* before it reads them */
       reload(s, m, b, models, workers, OPTS[O_CATALOG].sval);
-      stamp = watch_ms ? catalog_stamp(OPTS[O_CATALOG].sval) : 0;
       continue;
     }
     if (sig)

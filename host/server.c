@@ -23,6 +23,7 @@
 #include "grpc/health/v1/health.pb-c.h"
 #include "vitrine/v1/storefront.pb-c.h"
 
+#include "rules.h"
 #include "text.h"
 #include "wire.h"
 
@@ -535,6 +536,7 @@ static void job_done(vt_job *j, const vt_storefront *s) {
       r.timing = &t;
       r.model_version = b->model_version;
       r.catalog_version = c->catalog_version;
+      r.rules_version = (char *)vt_rules_version(c->rules);
       bb = pack(&r.base);
       vt_metrics_durations(k->srv->m, (double)t.queue_us * 1e-6, (double)t.compute_us * 1e-6,
                            (double)t.total_us * 1e-6);
@@ -714,6 +716,7 @@ static void handle_info(call *k) {
     regions[i] = b->regions[i].name;
   r.model_version = b->model_version;
   r.catalog_version = g->c->catalog_version;
+  r.rules_version = (char *)vt_rules_version(g->c->rules);
   r.products = g->c->n_products;
   r.themes = b->themes.n;
   r.keywords = b->keywords.n;

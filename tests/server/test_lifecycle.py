@@ -199,7 +199,9 @@ def test_metrics_endpoint_is_prometheus_text(server_factory, fixture_requests):
         assert vals == sorted(vals) and buckets[-1].labels["le"] == "+Inf" and vals[-1] == 5
     info = srv.info(pb.GetInfoRequest(), timeout=5)
     mi = fams["vitrine_model_info"].samples[0].labels
-    assert mi == {"model_version": info.model_version, "catalog_version": info.catalog_version}
+    assert mi == {"model_version": info.model_version, "catalog_version": info.catalog_version,
+                  "rules_version": info.rules_version}
+    assert info.rules_version == ""  # the fixture's catalogue has no rules.txt
     assert metric_value(text, "vitrine_serving") == 1
     # anything but /metrics is a 404
     import urllib.error
