@@ -4,9 +4,10 @@ engine (build/bench_engine) and the batched PyTorch cascade (train/bench_batched
 batch size; each row says where the C engine's time goes and the achieved GFLOP/s of its GEMMs
 against OpenBLAS's SGEMM rate (build/bench_sgemm) at the same shapes, measured in the same run.
 
-    /usr/bin/python3 bench/sweep.py [--dims history,sections,keywords,products,catalog,width]
+    /usr/bin/python3 bench/sweep.py [--dims history,sections,keywords,products,width,catalog]
         [--quick] [--batch 32] [--threads 1] [--seconds 3] [--rounds 1]
-        [--values DIM=V1,V2,...] [--out build/bench/sweep] [--cache build/sweep] [--build build]
+        [--values DIM=V1,V2,...] [--budget-min M] [--out build/bench/sweep] [--cache build/sweep]
+        [--build build]
 
 Around a base configuration (d_model 256, 4 heads, 4 encoder + 2 decoder layers, d_ff 4 d_model,
 d_retrieval 128, histories of 64 events, 3 sections of 4 keywords and 8 products, 100k products
@@ -16,13 +17,14 @@ and 30k keywords, 256 requests), one dimension varies at a time:
     sections   1, 2, 4, 8, 16
     keywords   2, 4, 8, 16 keywords per section
     products   4, 16, 64 products per section
-    catalog    10k/3k, 100k/30k, 1M/300k products/keywords
     width      d_model 64, 128, 256, 512 (d_ff 4 d_model)
+    catalog    10k/3k, 100k/30k, 1M/300k products/keywords
 
 The catalogue's vocabulary and themes grow with its keywords (words = max(300, keywords / 10),
 themes = max(64, keywords / 15): 30k words and 20k themes at 300k keywords, the issue's production
 size). `--quick` is a tiny version of all of it (seconds; tests/bench/test_sweep.py), `--values`
-replaces a dimension's values (catalog values as PRODUCTS:KEYWORDS).
+replaces a dimension's values (catalog values as PRODUCTS:KEYWORDS), `--budget-min` starts no
+row after that many minutes (the rows left are reported as skipped).
 
 Bundles come from train/bundle_scale.py (random weights: the storefronts mean nothing, the costs
 are real) and are cached under CACHE/<key>/, the key naming the generator's arguments and a hash
@@ -91,8 +93,8 @@ BASE = dict(d_model=256, heads=4, enc_layers=4, dec_layers=2, d_retrieval=128, h
             products=100000, keywords=30000, kw_per_product=2, requests=256, seed=13,
             sections=3, kw_per_section=4, products_per_section=8)
 VALUES = dict(history=[16, 32, 64, 128, 256], sections=[1, 2, 4, 8, 16], keywords=[2, 4, 8, 16],
-              products=[4, 16, 64], catalog=[(10000, 3000), (100000, 30000), (1000000, 300000)],
-              width=[64, 128, 256, 512])
+              products=[4, 16, 64], width=[64, 128, 256, 512],
+              catalog=[(10000, 3000), (100000, 30000), (1000000, 300000)])  # the costliest last
 QUICK_BASE = dict(d_model=32, heads=2, enc_layers=1, dec_layers=1, d_retrieval=16, history=8,
                   products=1000, keywords=300, kw_per_product=2, requests=16, seed=13,
                   sections=2, kw_per_section=2, products_per_section=4)
@@ -367,7 +369,7 @@ def table(dim, rows):
            "|" + " ---: |" * 14]
     for r in rows:
         if "error" in r:
-            out.append("| %s | failed: %s |" % (r["label"], r["error"].splitlines()[0][:80]))
+            out.append("| %s | %s |" % (r["label"], r["error"].splitlines()[0][:100]))
             continue
         s, ts = r["shares"], r["torch_shares"]
         cells = [r["label"], fmt(r["c_requests_per_s"]), fmt(r["torch_requests_per_s"]),
@@ -464,6 +466,8 @@ def main(argv=None):
                     help="bench_batched's turns (each one untimed batch, then its share of "
                          "--seconds)")
     ap.add_argument("--sgemm-seconds", type=float, help="per SGEMM shape (0.15; quick 0.02)")
+    ap.add_argument("--budget-min", type=float,
+                    help="start no row after this many minutes (the rest: skipped, so noted)")
     ap.add_argument("--out", default=os.path.join(ROOT, "build", "bench", "sweep"))
     ap.add_argument("--cache", default=os.path.join(ROOT, "build", "sweep"))
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
@@ -506,17 +510,19 @@ def main(argv=None):
                    "label": value_label(dim, v), "config": c, "batch": a.batch,
                    "threads": a.threads, "sgemm_peak_gflops": peak}
             t0 = time.time()
+            ck = json.dumps(c, sort_keys=True)
             try:
-                d, gen_s = ensure_bundle(a.cache, c, base_page)
-                row["key"], row["generate_s"] = os.path.basename(d), round(gen_s, 1)
-                reqs = requests_for(d, tuple(c[k] for k in PAGE), base_page)
-                row["requests"] = os.path.relpath(reqs, ROOT)
-                ck = json.dumps(c, sort_keys=True)
-                if ck not in done:
-                    done[ck] = measure(a, c, d, reqs, env)
+                if ck in done:
+                    row.update(done[ck], same_as_earlier_row=True)
+                elif a.budget_min and t0 - t_start > 60 * a.budget_min:
+                    raise RuntimeError("skipped: the %g-minute budget was spent" % a.budget_min)
                 else:
-                    row["same_as_earlier_row"] = True
-                row.update(done[ck])
+                    d, gen_s = ensure_bundle(a.cache, c, base_page)
+                    reqs = requests_for(d, tuple(c[k] for k in PAGE), base_page)
+                    done[ck] = dict(key=os.path.basename(d), generate_s=round(gen_s, 1),
+                                    requests=os.path.relpath(reqs, ROOT))
+                    done[ck].update(measure(a, c, d, reqs, env))
+                    row.update(done[ck])
             except RuntimeError as e:
                 row["error"] = str(e)
                 log("sweep: %s=%s: %s" % (dim, row["label"], e))

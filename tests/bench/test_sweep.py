@@ -135,3 +135,17 @@ def test_bench_sgemm(tmp_path):
     for bad in ("64x48", "0x1x1", "4x4x4;8x8x8"):
         p = subprocess.run([exe, "--shapes", bad], capture_output=True, text=True, timeout=60)
         assert p.returncode == 2 and "bad shape" in p.stderr, (bad, p.stderr)
+
+
+def test_a_spent_budget_skips_rows_and_says_so(tmp_path):
+    p = subprocess.run([PY, "bench/sweep.py", "--quick", "--dims", "width", "--budget-min",
+                        "1e-6", "--build", BUILD, "--out", str(tmp_path / "out"), "--cache",
+                        str(tmp_path / "cache")], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 1, p.stderr[-2000:]
+    with open(tmp_path / "out" / "results.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    assert [r["value"] for r in rows] == S.QUICK_VALUES["width"]
+    assert all(r["error"].startswith("skipped: the 1e-06-minute budget") for r in rows)
+    assert p.stdout.count("| skipped: the 1e-06-minute budget was spent |") == len(rows)
+    assert not os.listdir(tmp_path / "cache")  # nothing generated
