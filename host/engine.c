@@ -318,16 +318,35 @@ static int max_phrase_len(const vt_phrases *p) {
   return m;
 }
 
-/* The rules' pruned tries (host/rules.h), when they prune: into the buffer after the catalogue's
- * tables, as model_layout places the bundle's. */
-static void rules_tries_layout(const vt_catalog *c, lay *l, lay *h, vt_trie_csr *tt,
-                               vt_trie_csr *kt) {
-  if (!c->rules)
+/* n bytes of src placed at l (and copied to h's image when h has a base); the place. */
+static const uint32_t *table_layout(const uint32_t *src, size_t n, lay *l, lay *h) {
+  void *hp = take(h, n), *d = take(l, n);
+  if (h->base)
+    memcpy(hp, src, n);
+  return d;
+}
+
+/* The rules' tables (host/rules.h) that exist, after the catalogue's: the pruned tries (as
+ * model_layout places the bundle's) and the page op's (region, season) blocks. */
+static void rules_layout(const vt_catalog *c, int n_keywords, lay *l, lay *h, vt_shelf *s,
+                         vt_trie_csr *tt, vt_trie_csr *kt) {
+  const vt_rules *r = c->rules;
+  if (!r)
     return;
-  if (c->rules->theme_trie.n_nodes) /* else nothing denied: the model's trie */
-    trie_layout(&c->rules->theme_trie, l, h, tt);
-  if (c->rules->keyword_trie.n_nodes)
-    trie_layout(&c->rules->keyword_trie, l, h, kt);
+  if (r->theme_trie.n_nodes) /* else nothing denied: the model's trie */
+    trie_layout(&r->theme_trie, l, h, tt);
+  if (r->keyword_trie.n_nodes)
+    trie_layout(&r->keyword_trie, l, h, kt);
+  if (r->kw_block) {
+    const uint32_t *d = table_layout(r->kw_block, (size_t)n_keywords * 16, l, h);
+    if (l->base)
+      s->kw_block = d;
+  }
+  if (r->prod_block) {
+    const uint32_t *d = table_layout(r->prod_block, (size_t)c->n_products * 16, l, h);
+    if (l->base)
+      s->prod_block = d;
+  }
 }
 
 /* The catalogue's tables in one buffer (as model_layout), and the rules' tries after them. */
@@ -367,7 +386,7 @@ static size_t shelf_layout(const vt_catalog *c, int n_keywords, char *base, char
                     .rel_off = dst[7],
                     .rel_idx = dst[8],
                     .rel_w = dst[9]};
-  rules_tries_layout(c, &l, &h, tt, kt);
+  rules_layout(c, n_keywords, &l, &h, s, tt, kt);
   return l.off;
 }
 
@@ -424,7 +443,9 @@ static int engine_new(vt_engine **out, vt_model *m, const vt_catalog *c, vt_err 
                         .log_pop = c->log_pop,
                         .rel_off = c->rel_off,
                         .rel_idx = c->rel_idx,
-                        .rel_w = c->rel_w};
+                        .rel_w = c->rel_w,
+                        .kw_block = c->rules ? c->rules->kw_block : NULL,
+                        .prod_block = c->rules ? c->rules->prod_block : NULL};
   /* the rules' pruned tries where they prune (host copies: a device engine moves them), else
    * the model's */
   const vt_rules *r = c->rules;

@@ -312,9 +312,10 @@ int main(int argc, char **argv) {
     if (c->rules) {
       const vt_rules *r = c->rules;
       printf("rules     %s\n  version   %s\n  rules     %d lines: %d themes and %d keywords "
-             "denied, %d products denied, %d limited by region or season\n",
+             "denied, %d keywords limited by region or season, %d products denied, %d limited by "
+             "region or season\n",
              r->name, r->version, r->n_lines, r->n_themes_denied, r->n_keywords_denied,
-             r->n_products_denied, r->n_products_limited);
+             r->n_keywords_limited, r->n_products_denied, r->n_products_limited);
     } else {
       printf("rules     none (no %s/%s)\n", c->dir, VT_RULES_FILE);
     }

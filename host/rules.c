@@ -301,6 +301,18 @@ static int do_deny(parser *ps, const tok *w, int n) {
                    shown(one, sizeof one, w[1]));
 }
 
+/* Sets the bits of regions in block[i * 4 + s] for each season s of seasons (allocating block, of
+ * n entries, at its first use). */
+static int block_set(parser *ps, uint32_t **block, int n, int i, uint32_t regions,
+                     uint8_t seasons) {
+  if (!*block && !(*block = calloc((size_t)n * 4, sizeof **block)))
+    return vt_fail(ps->err, VT_ENOMEM, "out of memory");
+  for (int s = 0; s < N_SEASONS; s++)
+    if (seasons >> s & 1u)
+      (*block)[(size_t)i * 4 + (size_t)s] |= regions;
+  return VT_OK;
+}
+
 /* Trailing region=a,b / season=s,.. words from w[first..n): masks (0: not given); *n_opts set. */
 static int parse_where(parser *ps, const tok *w, int n, int first, uint32_t *regions,
                        uint8_t *seasons, int *n_opts) {
@@ -346,7 +358,7 @@ static int do_unavailable(parser *ps, const tok *w, int n) {
   uint32_t regions;
   uint8_t seasons;
   int n_opts = 0, rc, id = 0;
-  if ((rc = parse_where(ps, w, n, 3, &regions, &seasons, &n_opts)))
+  if ((rc = parse_where(ps, w, n, 2, &regions, &seasons, &n_opts)))
     return rc;
   if (!n_opts)
     return line_fail(ps, "unavailable needs region=.. or season=.. (deny removes it everywhere)");
@@ -354,21 +366,24 @@ static int do_unavailable(parser *ps, const tok *w, int n) {
     if (n - n_opts != 3)
       return line_fail(ps, "unavailable product takes one product id, then region=.. and/or "
                            "season=..");
-    if (regions && seasons)
-      return line_fail(ps, "region= and season= together are not supported for a product: the "
-                           "catalogue keeps one region mask and one season mask per product; "
-                           "write two rules (all its seasons in those regions, or those seasons "
-                           "everywhere)");
     if ((rc = find_product(ps, w[2], &id)))
       return rc;
-    r->product_regions_off[id] |= regions;
+    if (regions && seasons) /* those regions in those seasons: the page op's table */
+      return block_set(ps, &r->prod_block, r->n_products, id, regions, seasons);
+    r->product_regions_off[id] |= regions; /* folded into the catalogue's masks */
     r->product_seasons_off[id] |= seasons;
     return VT_OK;
   }
-  if (tok_is(w[1], "keyword") || tok_is(w[1], "theme"))
-    return line_fail(ps, "unavailable %.*s by region or season is not applied yet (issue #16): "
-                         "deny %.*s removes it everywhere",
-                     (int)w[1].n, w[1].s, (int)w[1].n, w[1].s);
+  if (tok_is(w[1], "keyword")) {
+    if ((rc = find_phrase(ps, "keyword", w + 2, n - 2 - n_opts, &id)))
+      return rc;
+    return block_set(ps, &r->kw_block, r->n_keywords, id,
+                     regions ? regions : (uint32_t)((1ull << ps->b->n_regions) - 1),
+                     seasons ? seasons : (uint8_t)((1u << N_SEASONS) - 1));
+  }
+  if (tok_is(w[1], "theme"))
+    return line_fail(ps, "unavailable theme by region or season is not applied yet (issue #16): "
+                         "deny theme removes it everywhere");
   return line_fail(ps, "unavailable what? '%s' (product, keyword or theme)",
                    shown(one, sizeof one, w[1]));
 }
@@ -442,6 +457,8 @@ void vt_rules_free(vt_rules *r) {
   vt_trie_free(&r->keyword_trie);
   free(r->product_regions_off);
   free(r->product_seasons_off);
+  free(r->kw_block);
+  free(r->prod_block);
   free(r);
 }
 
@@ -517,9 +534,15 @@ int vt_rules_parse(vt_rules **out, const char *text, size_t len, const char *nam
   for (int i = 0; i < r->n_keywords; i++)
     r->n_keywords_denied += r->keyword_denied[i];
   for (int p = 0; p < r->n_products; p++) {
+    const uint32_t *pb = r->prod_block ? r->prod_block + (size_t)p * 4 : NULL;
     r->n_products_denied += r->product_regions_off[p] == ~0u;
-    r->n_products_limited +=
-        r->product_regions_off[p] != ~0u && (r->product_regions_off[p] || r->product_seasons_off[p]);
+    r->n_products_limited += r->product_regions_off[p] != ~0u &&
+                             (r->product_regions_off[p] || r->product_seasons_off[p] ||
+                              (pb && (pb[0] | pb[1] | pb[2] | pb[3])));
+  }
+  for (int k = 0; r->kw_block && k < r->n_keywords; k++) {
+    const uint32_t *kb = r->kw_block + (size_t)k * 4;
+    r->n_keywords_limited += !r->keyword_denied[k] && (kb[0] | kb[1] | kb[2] | kb[3]) != 0;
   }
   if ((r->n_themes_denied &&
        (rc = prune(&r->theme_trie, &b->themes, r->theme_denied, VT_TOK_SEP, name, "theme", err))) ||

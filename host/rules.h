@@ -3,8 +3,11 @@
  * file refuses the reload, naming `rules.txt:LINE`.
  *
  * Each rule is applied where it is cheapest, once per catalogue generation, never per request:
- *   products (deny, unavailable by region or season): folded into the catalogue's regions and
+ *   products (deny, unavailable by region or by season): folded into the catalogue's regions and
  *     seasons masks, which the page op already filters on;
+ *   products and keywords unavailable in a (region, season): tables of blocked regions by season
+ *     (vt_shelf.prod_block, kw_block) that the page op reads where it filters products and ranks
+ *     a section's finished keywords;
  *   themes, keywords and brand terms (deny): the theme and keyword tries are rebuilt without
  *     them (phrase ids kept), and the engines decode under those, so they never enter a beam;
  *   seasons by region and date: a table (region, month, day) -> season that replaces the
@@ -34,13 +37,18 @@ typedef struct vt_rules {
                      bundle's calendar */
   uint8_t *theme_denied, *keyword_denied; /* (n_themes), (n_keywords): 1 = never generated */
   int n_themes, n_keywords;
-  int n_themes_denied, n_keywords_denied, n_products_denied, n_products_limited;
+  int n_themes_denied, n_keywords_denied, n_products_denied, n_products_limited,
+      n_keywords_limited;
   /* the tries without the denied phrases; n_nodes 0: nothing denied, the bundle's trie */
   vt_trie theme_trie, keyword_trie;
   /* products: regions and seasons a product loses (bits as in vt_catalog) */
   int n_products;
   uint32_t *product_regions_off; /* (n_products) */
   uint8_t *product_seasons_off;  /* (n_products) */
+  /* in a (region, season) only: bit r of [i * 4 + s] set: not shown in region r in season s;
+   * NULL when no rule needs it (vt_shelf.kw_block, prod_block) */
+  uint32_t *kw_block;   /* (n_keywords * 4) */
+  uint32_t *prod_block; /* (n_products * 4) */
 } vt_rules;
 
 /* Parses rules text (len bytes, name for messages) against bundle b and catalogue c (product ids).

@@ -173,6 +173,10 @@ typedef struct vt_shelf {
   const float *log_pop;            /* (P) */
   const int32_t *rel_off, *rel_idx; /* product a's related products */
   const float *rel_w;
+  /* optional (NULL: none), from the catalogue's rules (host/rules.h): bit r of [k * 4 + s] set:
+   * keyword k / product p is not shown in region r during season s */
+  const uint32_t *kw_block;   /* (n_keywords * 4) */
+  const uint32_t *prod_block; /* (P * 4) */
 } vt_shelf;
 
 /* The ranker's weights (manifest "ranker"). */
@@ -181,9 +185,10 @@ typedef struct vt_ranker {
 } vt_ranker;
 
 /* Per request i < B and section s < out[i].n_sections, in order: the section's best `keywords`
- * finished keywords of group group0 + s (score, then lower phrase id); the products its keywords
- * retrieve, in keyword order, each once (its keyword: the first that retrieved it), without the
- * excluded, out-of-stock, not-sold-in-the-region or out-of-season ones; scored
+ * finished keywords of group group0 + s (score, then lower phrase id) that shelf.kw_block does not
+ * block for the request's region and season; the products its keywords retrieve, in keyword
+ * order, each once (its keyword: the first that retrieved it), without the excluded,
+ * out-of-stock, not-sold-in-the-region, out-of-season or prod_block-blocked ones; scored
  *   user[i] . emb[p] + again * again_p + cooc * cooc_p + popularity * log_pop[p]
  * (again_p, cooc_p: decayed counts of p and of its related products in the history, newest
  * first); products already shown in an earlier section of the page skipped; the best `products`

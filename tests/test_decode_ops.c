@@ -629,8 +629,19 @@ static void page_case(vt_backend *be, int seed) {
     }
   }
   memcpy(got, out, (size_t)B * sizeof *out);
+  /* half the seeds: keywords and products blocked in some (region, season) (the rules' tables,
+   * host/rules.h); drawn last, so the rest of the case is the same as without them */
+  uint32_t *kw_block = NULL, *prod_block = NULL;
+  if (seed % 4 >= 2) {
+    kw_block = xcalloc((size_t)NK * 4, 4);
+    prod_block = xcalloc((size_t)P * 4, 4);
+    for (int k = 0; k < NK * 4; k++)
+      kw_block[k] = rint_(3) == 0 ? (uint32_t)(1 + rint_(3)) : 0u;
+    for (int k = 0; k < P * 4; k++)
+      prod_block[k] = rint_(3) == 0 ? (uint32_t)(1 + rint_(3)) : 0u;
+  }
   vt_shelf hs = {P, R, kw_off, kw_prod, stock, regions, seasons, emb, log_pop, rel_off, rel_idx,
-                 rel_w};
+                 rel_w, kw_block, prod_block};
   const vt_ranker rk = {1.5f, 0.75f, 0.25f, 0.5f};
   int max_cands = 0;
   for (int k = 0; k < NK; k++)
@@ -654,7 +665,9 @@ static void page_case(vt_backend *be, int seed) {
                  dput(&m, log_pop, (size_t)P * 4),
                  dput(&m, rel_off, (size_t)(P + 1) * 4),
                  dput(&m, rel_idx, (size_t)rel_off[P] * 4),
-                 dput(&m, rel_w, (size_t)rel_off[P] * 4)};
+                 dput(&m, rel_w, (size_t)rel_off[P] * 4),
+                 kw_block ? dput(&m, kw_block, (size_t)NK * 16) : NULL,
+                 prod_block ? dput(&m, prod_block, (size_t)P * 16) : NULL};
   vt_storefront *dout = dput(&m, got, (size_t)B * sizeof *got);
   void *dscr = dput(&m, zero, sb);
   const vt_page_req *dreq = dput(&m, req, (size_t)B * sizeof *req);
@@ -698,11 +711,22 @@ static void page_case(vt_backend *be, int seed) {
       }
     }
   }
+  for (int i = 0; kw_block && i < B; i++) /* the answers leave the blocked ones out */
+    for (int s = 0; s < out[i].n_sections; s++) {
+      const vt_section *w = &out[i].sections[s];
+      const size_t rs = (size_t)req[i].season;
+      for (int k = 0; k < w->n_keywords; k++)
+        cr_assert(!(kw_block[(size_t)w->keyword[k] * 4 + rs] >> req[i].region & 1u),
+                  "request %d section %d: keyword %d is blocked", i, s, w->keyword[k]);
+      for (int k = 0; k < w->n_products; k++)
+        cr_assert(!(prod_block[(size_t)w->products[k].product * 4 + rs] >> req[i].region & 1u),
+                  "request %d section %d: product %d is blocked", i, s, w->products[k].product);
+    }
   mirror_free(&m);
   state_free(&s2);
   free(zero), free(hscr), free(out), free(got), free(req), free(hist), free(excl);
   free(user), free(kw_off), free(kw_prod), free(stock), free(rel_off), free(rel_idx), free(regions);
-  free(seasons), free(emb), free(log_pop), free(rel_w);
+  free(seasons), free(emb), free(log_pop), free(rel_w), free(kw_block), free(prod_block);
 }
 
 ON_BOTH(page, page_case, 24)

@@ -252,8 +252,6 @@ Test(rules, bad_lines_are_refused_with_their_line_number) {
       {"deny theme", "rules.txt:1: deny takes theme|keyword"},
       {"frobnicate all", "rules.txt:1: unknown rule 'frobnicate'"},
       {"unavailable product p00001", "rules.txt:1: unavailable needs region=.. or season=.."},
-      {"unavailable product p00001 region=eu season=winter",
-       "rules.txt:1: region= and season= together are not supported for a product"},
       {"unavailable product p00001 region=eu,mars", "rules.txt:1: unknown region 'mars'"},
       {"unavailable product p00001 region= eu", "rules.txt:1: unavailable needs region=.."},
       {"unavailable product p00001 region=eu,", "rules.txt:1: an empty name in 'region=eu,'"},
@@ -261,8 +259,9 @@ Test(rules, bad_lines_are_refused_with_their_line_number) {
       {"unavailable product p00001 season=hot", "rules.txt:1: unknown season 'hot'"},
       {"unavailable product p00001 p00002 season=winter",
        "rules.txt:1: unavailable product takes one product id"},
-      {"unavailable keyword kids shorts region=eu", "rules.txt:1: unavailable keyword by region "
-                                                    "or season is not applied yet"},
+      {"unavailable keyword kids shorts", "rules.txt:1: unavailable needs region=.. or season="},
+      {"unavailable keyword region=eu", "rules.txt:1: a keyword phrase is missing"},
+      {"unavailable keyword kids shirts region=eu", "rules.txt:1: unknown keyword 'kids shirts'"},
       {"unavailable theme fresh kitchen picks season=winter",
        "rules.txt:1: unavailable theme by region or season is not applied yet"},
       {"unavailable gadget x region=eu", "rules.txt:1: unavailable what? 'gadget'"},
@@ -458,6 +457,82 @@ Test(rules, unavailable_products_are_not_shown_where_and_when_the_rule_says) {
   baseline_free(&x);
 }
 
+/* The season of request i of the common set (its region's calendar: no season rules). */
+static int season_of_request(int i) {
+  const int64_t nows[] = {JAN, JAN + 90 * 86400, JUL, JUL + 90 * 86400};
+  return vt_rules_season(NULL, b, i % 4, nows[(i / 4) % 4]);
+}
+
+static int same_storefront(const vt_storefront *x, const vt_storefront *y) {
+  if (x->n_sections != y->n_sections)
+    return 0;
+  for (int k = 0; k < x->n_sections; k++) {
+    const vt_section *a = &x->sections[k], *c = &y->sections[k];
+    if (a->theme != c->theme || a->n_keywords != c->n_keywords || a->n_products != c->n_products)
+      return 0;
+    for (int q = 0; q < a->n_keywords; q++)
+      if (a->keyword[q] != c->keyword[q])
+        return 0;
+    for (int q = 0; q < a->n_products; q++)
+      if (a->products[q].product != c->products[q].product ||
+          a->products[q].score != c->products[q].score)
+        return 0;
+  }
+  return 1;
+}
+
+/* A keyword and a product unavailable in one (region, season): gone from the storefronts of that
+ * region in that season (the next best keyword takes the keyword's place), every other storefront
+ * unchanged. */
+Test(rules, keywords_and_products_unavailable_in_a_region_and_season) {
+  static const char *const seasons[] = {"winter", "spring", "summer", "autumn"};
+  baseline x;
+  baseline_run(&x);
+  /* the first request's first keyword and first product, and that request's region and season */
+  const vt_section *sec = &x.s[0].sections[0];
+  cr_assert(sec->n_keywords > 0 && sec->n_products > 0);
+  const int kw = sec->keyword[0], pr = sec->products[0].product, region = 0,
+            season = season_of_request(0);
+  char text[512];
+  snprintf(text, sizeof text,
+           "unavailable keyword %s region=%s season=%s\n"
+           "unavailable product %s season=%s region=%s\n",
+           b->keywords.text[kw], b->regions[region].name, seasons[season], c0->ids[pr],
+           seasons[season], b->regions[region].name);
+  tmpcat t;
+  const vt_catalog *c = with_rules(&t, text);
+  cr_expect_eq(c->rules->n_keywords_limited, 1);
+  cr_expect_eq(c->rules->n_products_limited, 1);
+  cr_expect_eq(c->regions[pr], c0->regions[pr], "not folded: a (region, season) pair");
+  vt_storefront *after = calloc(N_REQ, sizeof *after);
+  run_on(c, "cpu", x.json, N_REQ, after);
+  int matching = 0, unchanged = 0, others = 0;
+  for (int i = 0; i < N_REQ; i++) {
+    if (i % 4 == region && season_of_request(i) == season) {
+      matching++;
+      cr_expect_eq(after[i].n_sections, x.s[i].n_sections);
+      for (int k = 0; k < after[i].n_sections; k++) {
+        const vt_section *a = &after[i].sections[k];
+        cr_expect_eq(a->n_keywords, x.s[i].sections[k].n_keywords,
+                     "request %d section %d: another keyword takes its place", i, k);
+        for (int q = 0; q < a->n_keywords; q++)
+          cr_expect_neq(a->keyword[q], kw, "request %d shows keyword '%s'", i,
+                        b->keywords.text[kw]);
+        for (int q = 0; q < a->n_products; q++)
+          cr_expect_neq(a->products[q].product, pr, "request %d shows %s", i, c0->ids[pr]);
+      }
+    } else {
+      others++;
+      unchanged += same_storefront(&after[i], &x.s[i]);
+    }
+  }
+  cr_expect_gt(matching, 0);
+  cr_expect_eq(unchanged, others, "only the storefronts of that region and season change");
+  tmpcat_close(&t);
+  free(after);
+  baseline_free(&x);
+}
+
 /* Winter products: suit winter and not summer. */
 static int winter_products(const vt_storefront *s, const vt_catalog *c) {
   int n = 0;
@@ -530,9 +605,14 @@ Test(rules, a_device_decodes_under_the_rules_tries_as_the_cpu_does) {
   char **json = x.json;
   vt_storefront *s = x.s, *d = calloc(N_REQ, sizeof *d);
   char text[1024];
-  snprintf(text, sizeof text, "deny theme %s\ndeny keyword %s\nseason sg 06-01..08-31 winter\n",
+  const vt_section *sec = &s[1].sections[0]; /* request 1: us in January (winter) */
+  snprintf(text, sizeof text,
+           "deny theme %s\ndeny keyword %s\nseason sg 06-01..08-31 winter\n"
+           "unavailable keyword %s region=us season=winter\n"
+           "unavailable product %s region=us season=winter\n",
            b->themes.text[most(before.theme, b->themes.n)],
-           b->keywords.text[most(before.keyword, b->keywords.n)]);
+           b->keywords.text[most(before.keyword, b->keywords.n)],
+           b->keywords.text[sec->keyword[sec->n_keywords - 1]], c0->ids[sec->products[0].product]);
   tmpcat t;
   const vt_catalog *c = with_rules(&t, text);
   run_on(c, "cpu", json, n, s);

@@ -150,7 +150,7 @@ void vt_beam_themes_to_keywords(vt_storefront *out, vt_beam_rows rows2, vt_beam_
     int32_t order[VT_MAX_SECTIONS];
     const size_t f0 = (size_t)i * g1.fin_cap;
     const int ns = vt__rank_finished(order, g1.fin_score + f0, g1.fin_phrase + f0, g1.n_fin[i],
-                                     req[i].sections);
+                                     req[i].sections, NULL, 0, 0);
     out[i].n_sections = ns;
     for (int s = 0; s < ns; s++) {
       const size_t f = f0 + (size_t)order[s];

@@ -99,7 +99,8 @@ static void retrieve(lane *l, vt_section *sec, const vt_page_req *r, const int32
       for (int x = 0; x < r->n_excl; x++)
         excluded |= excl[x] == p;
       if (excluded || sh.stock[p] <= 0 || !(sh.regions[p] >> r->region & 1u) ||
-          !(sh.seasons[p] >> r->season & 1u))
+          !(sh.seasons[p] >> r->season & 1u) ||
+          (sh.prod_block && sh.prod_block[(size_t)p * 4 + (size_t)r->season] >> r->region & 1u))
         continue;
       l->cand[nc] = p;
       l->cred[nc] = kw;
@@ -154,7 +155,7 @@ void vt_page_assemble(vt_storefront *out, const vt_page_req *req, const int32_t 
       const size_t f0 = (size_t)gi * g2.fin_cap;
       int32_t order[VT_MAX_KEYWORDS];
       const int nk = vt__rank_finished(order, g2.fin_score + f0, g2.fin_phrase + f0, g2.n_fin[gi],
-                                       r->keywords);
+                                       r->keywords, shelf.kw_block, r->region, r->season);
       sec->n_keywords = nk;
       for (int k = 0; k < nk; k++) {
         sec->keyword[k] = g2.fin_phrase[f0 + order[k]];

@@ -109,25 +109,33 @@ __device__ __forceinline__ int block_exclusive_scan(int v, int *shared, int *tot
   return (wid > 0 ? shared[wid - 1] : 0) + x - v;
 }
 
-/* The order of the best min(n, n_fin) finished hypotheses (higher score, then lower phrase id):
- * positions into order, returns the count. One thread; n is a handful (kernels/cpu/rank.h). */
+/* The order of the best min(n, n_fin) finished hypotheses (higher score, then lower phrase id),
+ * leaving out the phrases `block` marks for (region, season) (NULL: none): positions into order,
+ * returns the count. One thread; n is a handful (kernels/cpu/rank.h). */
 __device__ __forceinline__ int rank_finished_dev(int32_t *order, const float *score,
-                                                 const int32_t *phrase, int n_fin, int n) {
+                                                 const int32_t *phrase, int n_fin, int n,
+                                                 const uint32_t *block, int region, int season) {
   uint64_t taken[VT_MAX_FINISHED / 64];
   for (int i = 0; i < VT_MAX_FINISHED / 64; i++) {
     taken[i] = 0;
   }
   int k = 0;
-  for (; k < n && k < n_fin; k++) {
+  for (; k < n; k++) {
     int best = -1;
     for (int f = 0; f < n_fin; f++) {
       if (taken[f / 64] >> (f % 64) & 1u) {
+        continue;
+      }
+      if (block && (block[(size_t)phrase[f] * 4 + (size_t)season] >> region & 1u)) {
         continue;
       }
       if (best < 0 || score[f] > score[best] ||
           (score[f] == score[best] && phrase[f] < phrase[best])) {
         best = f;
       }
+    }
+    if (best < 0) {
+      break;
     }
     order[k] = best;
     taken[best / 64] |= (uint64_t)1 << (best % 64);

@@ -335,7 +335,7 @@ static __global__ void __launch_bounds__(SCAN_THREADS)
     int32_t order[VT_MAX_SECTIONS];
     const size_t f0 = (size_t)i * g1.fin_cap;
     const int ns = rank_finished_dev(order, g1.fin_score + f0, g1.fin_phrase + f0, g1.n_fin[i],
-                                     req[i].sections);
+                                     req[i].sections, nullptr, 0, 0);
     out[i].n_sections = ns;
     for (int s = 0; s < ns; s++) {
       const size_t f = f0 + (size_t)order[s];

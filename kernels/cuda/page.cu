@@ -148,7 +148,8 @@ static __global__ void __launch_bounds__(PAGE_THREADS)
         const size_t f0 = (size_t)gi * g2.fin_cap;
         int32_t order[VT_MAX_KEYWORDS];
         const int nk = rank_finished_dev(order, g2.fin_score + f0, g2.fin_phrase + f0,
-                                         g2.n_fin[gi], r.keywords);
+                                         g2.n_fin[gi], r.keywords, sh.kw_block, r.region,
+                                         r.season);
         sec->n_keywords = nk;
         kw_start[0] = 0;
         for (int k = 0; k < nk; k++) {
@@ -176,7 +177,9 @@ static __global__ void __launch_bounds__(PAGE_THREADS)
         if (j < n) {
           p = flat_product(sh, sec, kw_start, nk, j, &kw);
           keep = l.first[p] == INT_MAX - j && sh.stock[p] > 0 &&
-                 (sh.regions[p] >> r.region & 1u) && (sh.seasons[p] >> r.season & 1u);
+                 (sh.regions[p] >> r.region & 1u) && (sh.seasons[p] >> r.season & 1u) &&
+                 !(sh.prod_block &&
+                   (sh.prod_block[(size_t)p * 4 + (size_t)r.season] >> r.region & 1u));
           for (int x = 0; x < r.n_excl && keep; x++) {
             keep = excl[r.excl0 + x] != p;
           }
