@@ -8,6 +8,7 @@
  * Every output buffer is allocated with guard bytes behind it (checked untouched afterwards) and
  * prefilled with a pattern (NaN for floats) so an element the kernel forgets to write fails.
  */
+#include <cblas.h>
 #include <criterion/criterion.h>
 #include <float.h>
 #include <math.h>
@@ -668,10 +669,9 @@ static int ref_beam(cand *all, const float *h, const int32_t *node, const float 
     float mx = -FLT_MAX;
     double mxd = -INFINITY;
     for (int i = 0; i < ne; i++) {
-      float s = 0.0f;
-      for (int c = 0; c < C; c++) {
-        s += h[b * C + c] * tok_emb[token[e0 + i] * C + c];
-      }
+      // the kernel's child logit is OpenBLAS's sdot (vectorised, in its own summation order):
+      // the float reference takes the same, the double one bounds it against the true dot
+      const float s = cblas_sdot(C, h + b * C, 1, tok_emb + token[e0 + i] * C, 1);
       lg[i] = s;
       lgd[i] = ref_dot(h + b * C, tok_emb + token[e0 + i] * C, C);
       mx = fmaxf(mx, s);
