@@ -271,6 +271,7 @@ struct vt_engine {
   const vt_catalog *c;
   vt_shelf shelf;
   vt_trie_csr theme_trie, keyword_trie; /* the model's, or the rules' pruned ones (host/rules.h) */
+  vt_theme_rules theme_rules;           /* the rules' theme tables (none: all 0) */
   void *shelf_buf;        /* the device copy of the catalogue tables (NULL on the CPU) */
   int max_theme_len, max_keyword_len; /* words */
   int max_kw_products;    /* the longest keyword -> products list */
@@ -318,40 +319,44 @@ static int max_phrase_len(const vt_phrases *p) {
   return m;
 }
 
-/* n bytes of src placed at l (and copied to h's image when h has a base); the place. */
-static const uint32_t *table_layout(const uint32_t *src, size_t n, lay *l, lay *h) {
+/* n bytes of src (when it exists) placed at l (and copied to h's image when h has a base); *dst
+ * points there when l has a base. */
+static void table_layout(const uint32_t *src, size_t n, lay *l, lay *h, const uint32_t **dst) {
+  if (!src)
+    return;
   void *hp = take(h, n), *d = take(l, n);
   if (h->base)
     memcpy(hp, src, n);
-  return d;
+  if (l->base)
+    *dst = d;
 }
 
 /* The rules' tables (host/rules.h) that exist, after the catalogue's: the pruned tries (as
- * model_layout places the bundle's) and the page op's (region, season) blocks. */
+ * model_layout places the bundle's), the page op's (region, season) blocks and the theme ones. */
 static void rules_layout(const vt_catalog *c, int n_keywords, lay *l, lay *h, vt_shelf *s,
-                         vt_trie_csr *tt, vt_trie_csr *kt) {
+                         vt_trie_csr *tt, vt_trie_csr *kt, vt_theme_rules *tr) {
   const vt_rules *r = c->rules;
+  vt_shelf s0;
+  vt_theme_rules tr0;
   if (!r)
     return;
+  if (!l->base) { /* measuring: nothing is assigned */
+    s = &s0;
+    tr = &tr0;
+  }
+  table_layout(r->theme_block, (size_t)r->n_themes * 16, l, h, &tr->block);
+  table_layout(r->theme_allow, (size_t)r->n_themes * 4, l, h, &tr->allow);
+  table_layout(r->kw_block, (size_t)n_keywords * 16, l, h, &s->kw_block);
+  table_layout(r->prod_block, (size_t)c->n_products * 16, l, h, &s->prod_block);
   if (r->theme_trie.n_nodes) /* else nothing denied: the model's trie */
     trie_layout(&r->theme_trie, l, h, tt);
   if (r->keyword_trie.n_nodes)
     trie_layout(&r->keyword_trie, l, h, kt);
-  if (r->kw_block) {
-    const uint32_t *d = table_layout(r->kw_block, (size_t)n_keywords * 16, l, h);
-    if (l->base)
-      s->kw_block = d;
-  }
-  if (r->prod_block) {
-    const uint32_t *d = table_layout(r->prod_block, (size_t)c->n_products * 16, l, h);
-    if (l->base)
-      s->prod_block = d;
-  }
 }
 
 /* The catalogue's tables in one buffer (as model_layout), and the rules' tries after them. */
 static size_t shelf_layout(const vt_catalog *c, int n_keywords, char *base, char *host,
-                           vt_shelf *s, vt_trie_csr *tt, vt_trie_csr *kt) {
+                           vt_shelf *s, vt_trie_csr *tt, vt_trie_csr *kt, vt_theme_rules *tr) {
   const size_t P = (size_t)c->n_products, R = (size_t)c->d_retrieval;
   const void *src[] = {c->kw_off, c->kw_prod, c->stock,   c->regions, c->seasons,
                        c->emb,    c->log_pop, c->rel_off, c->rel_idx, c->rel_w};
@@ -386,7 +391,7 @@ static size_t shelf_layout(const vt_catalog *c, int n_keywords, char *base, char
                     .rel_off = dst[7],
                     .rel_idx = dst[8],
                     .rel_w = dst[9]};
-  rules_layout(c, n_keywords, &l, &h, s, tt, kt);
+  rules_layout(c, n_keywords, &l, &h, s, tt, kt, tr);
   return l.off;
 }
 
@@ -451,6 +456,8 @@ static int engine_new(vt_engine **out, vt_model *m, const vt_catalog *c, vt_err 
   const vt_rules *r = c->rules;
   e->theme_trie = r && r->theme_trie.n_nodes ? csr_of(&r->theme_trie) : m->theme_trie;
   e->keyword_trie = r && r->keyword_trie.n_nodes ? csr_of(&r->keyword_trie) : m->keyword_trie;
+  if (r)
+    e->theme_rules = (vt_theme_rules){r->theme_block, r->theme_allow, r->restricted};
   *out = e;
   return VT_OK;
 }
@@ -459,7 +466,8 @@ static void fill_shelf(void *ctx, char *stage) {
   const vt_engine *e = ctx;
   vt_shelf s;
   vt_trie_csr tt, kt;
-  shelf_layout(e->c, e->b->keywords.n, stage, stage, &s, &tt, &kt);
+  vt_theme_rules tr;
+  shelf_layout(e->c, e->b->keywords.n, stage, stage, &s, &tt, &kt, &tr);
 }
 
 int vt_engines_create(vt_engine **out, vt_model *const *models, int n, const vt_catalog *c,
@@ -477,7 +485,7 @@ int vt_engines_create(vt_engine **out, vt_model *const *models, int n, const vt_
   if (out[0]->be->host_memory)
     return VT_OK;
   const int nk = models[0]->b->keywords.n;
-  const size_t bytes = shelf_layout(c, nk, NULL, NULL, NULL, NULL, NULL);
+  const size_t bytes = shelf_layout(c, nk, NULL, NULL, NULL, NULL, NULL, NULL);
   for (int i = 0; i < n; i++) {
     vt_engine *e = out[i];
     if (!(e->shelf_buf = e->be->alloc(e->be, bytes))) {
@@ -485,7 +493,8 @@ int vt_engines_create(vt_engine **out, vt_model *const *models, int n, const vt_
                    e->be->name, bytes, e->be->error(e->be));
       goto fail;
     }
-    shelf_layout(c, nk, e->shelf_buf, NULL, &e->shelf, &e->theme_trie, &e->keyword_trie);
+    shelf_layout(c, nk, e->shelf_buf, NULL, &e->shelf, &e->theme_trie, &e->keyword_trie,
+                 &e->theme_rules);
     copies[i] = e->shelf_buf;
     bes[i] = e->be;
   }
@@ -1063,8 +1072,8 @@ static int decode_and_page(vt_engine *e, const dims *d, const bufs *u, float *fi
     return rc;
   /* rows left after the last step (0, else the step count is wrong), before rows[0] is reused */
   OP(be->copy(be, u->counts, u->rows[which].n, sizeof(int32_t)), "copy");
-  OP(be->themes_to_keywords(be, u->out, u->rows[0], u->g2, g1, u->req, d->Bc, d->G2, maxT,
-                            VT_TOK_SEP),
+  OP(be->themes_to_keywords(be, u->out, u->rows[0], u->g2, g1, u->req, e->theme_rules, d->Bc,
+                            d->G2, maxT, VT_TOK_SEP),
      "themes_to_keywords");
   which = 0;
   if ((rc = decode_stage(e, u, &which, u->g2, d->G2, d->cap2, d->steps2, d->wmax2,

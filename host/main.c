@@ -311,11 +311,12 @@ int main(int argc, char **argv) {
            (double)c->n_products * c->d_retrieval * 4 / (1 << 20));
     if (c->rules) {
       const vt_rules *r = c->rules;
-      printf("rules     %s\n  version   %s\n  rules     %d lines: %d themes and %d keywords "
-             "denied, %d keywords limited by region or season, %d products denied, %d limited by "
-             "region or season\n",
+      printf("rules     %s\n  version   %s\n  rules     %d lines\n  denied    %d themes, %d "
+             "keywords, %d products\n  limited   by region or season: %d themes, %d keywords, %d "
+             "products\n  allow-only %d sections\n",
              r->name, r->version, r->n_lines, r->n_themes_denied, r->n_keywords_denied,
-             r->n_keywords_limited, r->n_products_denied, r->n_products_limited);
+             r->n_products_denied, r->n_themes_limited, r->n_keywords_limited,
+             r->n_products_limited, r->n_sections_restricted);
     } else {
       printf("rules     none (no %s/%s)\n", c->dir, VT_RULES_FILE);
     }

@@ -42,6 +42,7 @@ typedef struct parser {
   phrase_index themes, keywords;
   int32_t *season_line; /* (n_regions * DAYS): the line that set a cell, 0 none */
   int version_line;
+  int allow_line[32];    /* the first allow-only line of each section */
 } parser;
 
 /* "name:LINE: " + the message. */
@@ -374,18 +375,42 @@ static int do_unavailable(parser *ps, const tok *w, int n) {
     r->product_seasons_off[id] |= seasons;
     return VT_OK;
   }
-  if (tok_is(w[1], "keyword")) {
-    if ((rc = find_phrase(ps, "keyword", w + 2, n - 2 - n_opts, &id)))
+  if (tok_is(w[1], "keyword") || tok_is(w[1], "theme")) { /* all regions or seasons if left out */
+    const int theme = tok_is(w[1], "theme");
+    if ((rc = find_phrase(ps, theme ? "theme" : "keyword", w + 2, n - 2 - n_opts, &id)))
       return rc;
-    return block_set(ps, &r->kw_block, r->n_keywords, id,
+    return block_set(ps, theme ? &r->theme_block : &r->kw_block,
+                     theme ? r->n_themes : r->n_keywords, id,
                      regions ? regions : (uint32_t)((1ull << ps->b->n_regions) - 1),
                      seasons ? seasons : (uint8_t)((1u << N_SEASONS) - 1));
   }
-  if (tok_is(w[1], "theme"))
-    return line_fail(ps, "unavailable theme by region or season is not applied yet (issue #16): "
-                         "deny theme removes it everywhere");
   return line_fail(ps, "unavailable what? '%s' (product, keyword or theme)",
                    shown(one, sizeof one, w[1]));
+}
+
+/* allow-only section <n> theme <phrase>: section n (1-based) shows only the themes it lists. */
+static int do_allow_only(parser *ps, const tok *w, int n) {
+  vt_rules *r = ps->r;
+  char one[100];
+  const int max = ps->b->max_sections < 32 ? ps->b->max_sections : 32;
+  if (n < 5 || !tok_is(w[1], "section") || !tok_is(w[3], "theme"))
+    return line_fail(ps, "allow-only takes section <n> theme <phrase>");
+  int k = 0;
+  for (size_t i = 0; i < w[2].n && k <= max; i++)
+    k = w[2].s[i] >= '0' && w[2].s[i] <= '9' ? k * 10 + (w[2].s[i] - '0') : max + 1;
+  if (k < 1 || k > max)
+    return line_fail(ps, "allow-only section '%s': a section is 1..%d (the bundle's max_sections)",
+                     shown(one, sizeof one, w[2]), max);
+  int id, rc;
+  if ((rc = find_phrase(ps, "theme", w + 4, n - 4, &id)))
+    return rc;
+  if (!r->theme_allow && !(r->theme_allow = calloc((size_t)r->n_themes + 1, sizeof *r->theme_allow)))
+    return vt_fail(ps->err, VT_ENOMEM, "out of memory");
+  r->theme_allow[id] |= 1u << (k - 1);
+  r->restricted |= 1u << (k - 1);
+  if (!ps->allow_line[k - 1])
+    ps->allow_line[k - 1] = ps->line;
+  return VT_OK;
 }
 
 /* One line's words (comments removed): the directive. */
@@ -400,8 +425,8 @@ static int do_line(parser *ps, const tok *w, int n) {
   if (tok_is(w[0], "unavailable"))
     return do_unavailable(ps, w, n);
   if (tok_is(w[0], "allow-only"))
-    return line_fail(ps, "allow-only is not applied yet (issue #16)");
-  return line_fail(ps, "unknown rule '%s' (version, season, deny or unavailable)",
+    return do_allow_only(ps, w, n);
+  return line_fail(ps, "unknown rule '%s' (version, season, deny, unavailable or allow-only)",
                    shown(one, sizeof one, w[0]));
 }
 
@@ -459,6 +484,8 @@ void vt_rules_free(vt_rules *r) {
   free(r->product_seasons_off);
   free(r->kw_block);
   free(r->prod_block);
+  free(r->theme_block);
+  free(r->theme_allow);
   free(r);
 }
 
@@ -543,6 +570,23 @@ int vt_rules_parse(vt_rules **out, const char *text, size_t len, const char *nam
   for (int k = 0; r->kw_block && k < r->n_keywords; k++) {
     const uint32_t *kb = r->kw_block + (size_t)k * 4;
     r->n_keywords_limited += !r->keyword_denied[k] && (kb[0] | kb[1] | kb[2] | kb[3]) != 0;
+  }
+  for (int t = 0; r->theme_block && t < r->n_themes; t++) {
+    const uint32_t *tb = r->theme_block + (size_t)t * 4;
+    r->n_themes_limited += !r->theme_denied[t] && (tb[0] | tb[1] | tb[2] | tb[3]) != 0;
+  }
+  for (int k = 0; k < 32; k++) { /* a restricted section keeps a theme to show */
+    if (!(r->restricted >> k & 1u))
+      continue;
+    int left = 0;
+    for (int t = 0; t < r->n_themes; t++)
+      left += (r->theme_allow[t] >> k & 1u) && !r->theme_denied[t];
+    r->n_sections_restricted++;
+    if (!left) {
+      ps.line = ps.allow_line[k];
+      rc = line_fail(&ps, "allow-only section %d: every theme it allows is denied", k + 1);
+      goto done;
+    }
   }
   if ((r->n_themes_denied &&
        (rc = prune(&r->theme_trie, &b->themes, r->theme_denied, VT_TOK_SEP, name, "theme", err))) ||

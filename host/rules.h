@@ -8,6 +8,9 @@
  *   products and keywords unavailable in a (region, season): tables of blocked regions by season
  *     (vt_shelf.prod_block, kw_block) that the page op reads where it filters products and ranks
  *     a section's finished keywords;
+ *   themes unavailable in a (region, season), and placements that allow only some themes: the
+ *     same kind of table and a per-theme mask of the sections allowing it (vt_theme_rules), read
+ *     where a request's finished themes are ranked into sections;
  *   themes, keywords and brand terms (deny): the theme and keyword tries are rebuilt without
  *     them (phrase ids kept), and the engines decode under those, so they never enter a beam;
  *   seasons by region and date: a table (region, month, day) -> season that replaces the
@@ -38,7 +41,7 @@ typedef struct vt_rules {
   uint8_t *theme_denied, *keyword_denied; /* (n_themes), (n_keywords): 1 = never generated */
   int n_themes, n_keywords;
   int n_themes_denied, n_keywords_denied, n_products_denied, n_products_limited,
-      n_keywords_limited;
+      n_keywords_limited, n_themes_limited, n_sections_restricted;
   /* the tries without the denied phrases; n_nodes 0: nothing denied, the bundle's trie */
   vt_trie theme_trie, keyword_trie;
   /* products: regions and seasons a product loses (bits as in vt_catalog) */
@@ -47,8 +50,13 @@ typedef struct vt_rules {
   uint8_t *product_seasons_off;  /* (n_products) */
   /* in a (region, season) only: bit r of [i * 4 + s] set: not shown in region r in season s;
    * NULL when no rule needs it (vt_shelf.kw_block, prod_block) */
-  uint32_t *kw_block;   /* (n_keywords * 4) */
-  uint32_t *prod_block; /* (n_products * 4) */
+  uint32_t *kw_block;    /* (n_keywords * 4) */
+  uint32_t *prod_block;  /* (n_products * 4) */
+  uint32_t *theme_block; /* (n_themes * 4) */
+  /* allow-only: bit k of theme_allow[t]: theme t may be shown in section k (0-based) of a page;
+   * bit k of restricted: section k shows only the themes that allow it (vt_theme_rules) */
+  uint32_t *theme_allow; /* (n_themes), NULL without allow-only rules */
+  uint32_t restricted;
 } vt_rules;
 
 /* Parses rules text (len bytes, name for messages) against bundle b and catalogue c (product ids).

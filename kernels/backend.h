@@ -80,8 +80,8 @@ struct vt_backend {
                       vt_beam_picks picks, vt_beam_rows cur, int G, int wmax, int maxT,
                       int max_dec_len);
   int (*themes_to_keywords)(vt_backend *be, vt_storefront *out, vt_beam_rows rows2,
-                            vt_beam_groups g2, vt_beam_groups g1, const vt_page_req *req, int B,
-                            int G2, int maxT, int sep);
+                            vt_beam_groups g2, vt_beam_groups g1, const vt_page_req *req,
+                            vt_theme_rules tr, int B, int G2, int maxT, int sep);
   size_t (*page_scratch)(int P, int max_cands, int B);
   int (*page_assemble)(vt_backend *be, vt_storefront *out, const vt_page_req *req,
                        const int32_t *hist, const int32_t *excl, const float *user,

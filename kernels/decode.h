@@ -152,15 +152,25 @@ typedef struct vt_page_req {
   int32_t excl0, n_excl; /* excluded products: excl[excl0 .. +n_excl-1] */
 } vt_page_req;
 
+/* Which themes a section may show, from the catalogue's rules (host/rules.h); all 0: any. */
+typedef struct vt_theme_rules {
+  const uint32_t *block; /* (n_themes * 4) or NULL: bit r of [t * 4 + s]: theme t is not shown
+                            in region r during season s */
+  const uint32_t *allow; /* (n_themes): bit k: theme t may be shown in section k (allow-only) */
+  uint32_t restricted;   /* bit k: section k shows only the themes `allow` allows it */
+} vt_theme_rules;
+
 /* Stage 1 -> 2, per request i < B (theme group i): its best `sections` finished themes, by score
- * then lower phrase id, become out[i]'s sections (n_sections, theme, theme_score); each starts a
- * keyword group (group0 + s) with one row: token `sep` at the theme's end position, its cached
- * slots copied, node 0, score 0. Groups of sections without a theme are done. Rows of all groups
- * are packed in order into rows2 (*rows2.n set). g1 must keep fin_slots. G2 >= sum of sections:
+ * then lower phrase id, become out[i]'s sections (n_sections, theme, theme_score), leaving out
+ * the themes tr blocks for the request's region and season and, for a restricted section, those
+ * it does not allow (a section nothing fits ends the storefront there); each starts a keyword
+ * group (group0 + s) with one row: token `sep` at the theme's end position, its cached slots
+ * copied, node 0, score 0. Groups of sections without a theme are done. Rows of all groups are
+ * packed in order into rows2 (*rows2.n set). g1 must keep fin_slots. G2 >= sum of sections:
  * groups beyond are done. */
 void vt_beam_themes_to_keywords(vt_storefront *out, vt_beam_rows rows2, vt_beam_groups g2,
-                                vt_beam_groups g1, const vt_page_req *req, int B, int G2,
-                                int maxT, int sep);
+                                vt_beam_groups g1, const vt_page_req *req, vt_theme_rules tr,
+                                int B, int G2, int maxT, int sep);
 
 /* The catalogue as the page step reads it (docs/BUNDLE.md; host/catalog.h). */
 typedef struct vt_shelf {

@@ -179,8 +179,8 @@ int vt_beam_advance_cuda(vt_beam_rows next, vt_beam_groups g, int32_t *slot_base
                          int max_dec_len, void *stream);
 
 int vt_beam_themes_to_keywords_cuda(vt_storefront *out, vt_beam_rows rows2, vt_beam_groups g2,
-                                    vt_beam_groups g1, const vt_page_req *req, int B, int G2,
-                                    int maxT, int sep, void *stream);
+                                    vt_beam_groups g1, const vt_page_req *req, vt_theme_rules tr,
+                                    int B, int G2, int maxT, int sep, void *stream);
 
 /* scratch: vt_page_scratch_cuda(P, max_cands, B) bytes, zero-filled before the first call and
  * left zero-filled by every call that succeeds (one set of per-product marks per block). */

@@ -498,6 +498,24 @@ static void handover_case(vt_backend *be, int seed) {
         s1.g.fin_slots[k * maxT + t] = rint_(1000);
     }
   }
+  /* half the seeds: themes blocked in some (region, season) and sections restricted to some
+   * themes (the rules' tables, host/rules.h); drawn last, the rest of the case stays the same */
+  const int NT = fin_cap * 7;
+  uint32_t *block = NULL, *allow = NULL;
+  vt_theme_rules tr = {0}, dtr = {0};
+  if (seed % 4 >= 2) {
+    block = xcalloc((size_t)NT * 4, 4);
+    allow = xcalloc((size_t)NT, 4);
+    for (int i = 0; i < B; i++) {
+      req[i].region = rint_(2);
+      req[i].season = rint_(4);
+    }
+    for (int k = 0; k < NT * 4; k++)
+      block[k] = rint_(3) == 0 ? (uint32_t)(1 + rint_(3)) : 0u;
+    for (int k = 0; k < NT; k++)
+      allow[k] = (uint32_t)rint_(32);
+    tr = (vt_theme_rules){block, allow, (uint32_t)rint_(32)};
+  }
   vt_storefront *out = xcalloc(B, sizeof *out), *got = xcalloc(B, sizeof *got);
   memset(out, 0x7B, (size_t)B * sizeof *out);
   mirror m = {.be = be};
@@ -506,10 +524,21 @@ static void handover_case(vt_backend *be, int seed) {
   state_mirror(&m, &d2, &s2);
   vt_storefront *dout = dput(&m, out, (size_t)B * sizeof *out);
   vt_page_req *dreq = dput(&m, req, (size_t)B * sizeof *req);
-  vt_beam_themes_to_keywords(out, s2.rows[0], s2.g, s1.g, req, B, G2c, maxT, VT_TOK_SEP);
-  cr_assert_eq(be->themes_to_keywords(be, dout, d2.rows[0], d2.g, d1.g, dreq, B, G2c, maxT,
+  if (block)
+    dtr = (vt_theme_rules){dput(&m, block, (size_t)NT * 16), dput(&m, allow, (size_t)NT * 4),
+                           tr.restricted};
+  vt_beam_themes_to_keywords(out, s2.rows[0], s2.g, s1.g, req, tr, B, G2c, maxT, VT_TOK_SEP);
+  cr_assert_eq(be->themes_to_keywords(be, dout, d2.rows[0], d2.g, d1.g, dreq, dtr, B, G2c, maxT,
                                       VT_TOK_SEP),
                0, "%s", be->error(be));
+  for (int i = 0; block && i < B; i++) /* the sections leave out what the rules rule out */
+    for (int s = 0; s < out[i].n_sections; s++) {
+      const int t = out[i].sections[s].theme;
+      cr_assert(!(block[(size_t)t * 4 + (size_t)req[i].season] >> req[i].region & 1u),
+                "request %d section %d: theme %d is blocked", i, s, t);
+      cr_assert(!(tr.restricted >> s & 1u) || (allow[t] >> s & 1u),
+                "request %d section %d: theme %d is not allowed there", i, s, t);
+    }
   dget(&m, got, dout, (size_t)B * sizeof *out);
   for (int i = 0; i < B; i++) {
     cr_assert_eq(got[i].n_sections, out[i].n_sections, "request %d", i);
@@ -546,7 +575,7 @@ static void handover_case(vt_backend *be, int seed) {
   mirror_free(&m);
   state_free(&s1);
   state_free(&s2);
-  free(req), free(out), free(got);
+  free(req), free(out), free(got), free(block), free(allow);
 }
 
 ON_BOTH(handover, handover_case, 16)

@@ -262,11 +262,20 @@ Test(rules, bad_lines_are_refused_with_their_line_number) {
       {"unavailable keyword kids shorts", "rules.txt:1: unavailable needs region=.. or season="},
       {"unavailable keyword region=eu", "rules.txt:1: a keyword phrase is missing"},
       {"unavailable keyword kids shirts region=eu", "rules.txt:1: unknown keyword 'kids shirts'"},
-      {"unavailable theme fresh kitchen picks season=winter",
-       "rules.txt:1: unavailable theme by region or season is not applied yet"},
+      {"unavailable theme fresh kitchen season=winter", "rules.txt:1: unknown theme 'fresh kitchen'"},
       {"unavailable gadget x region=eu", "rules.txt:1: unavailable what? 'gadget'"},
-      {"allow-only section 1 theme fresh kitchen picks",
-       "rules.txt:1: allow-only is not applied yet"},
+      {"allow-only section 0 theme fresh kitchen picks",
+       "rules.txt:1: allow-only section '0': a section is 1..16 (the bundle's max_sections)"},
+      {"allow-only section 2x theme fresh kitchen picks", "rules.txt:1: allow-only section '2x'"},
+      {"allow-only section 99999999999 theme fresh kitchen picks",
+       "rules.txt:1: allow-only section '99999999999'"},
+      {"allow-only section 1 fresh kitchen picks",
+       "rules.txt:1: allow-only takes section <n> theme <phrase>"},
+      {"allow-only section 1 theme", "rules.txt:1: allow-only takes section <n> theme <phrase>"},
+      {"allow-only section 1 theme kids shorts", "rules.txt:1: unknown theme 'kids shorts'"},
+      {"\nallow-only section 2 theme fresh kitchen picks\nallow-only section 2 theme bold gaming "
+       "edit\ndeny theme fresh kitchen picks\ndeny term gaming\n",
+       "rules.txt:2: allow-only section 2: every theme it allows is denied"},
       {"deny term finds\ndeny theme bold gaming edit\ndeny theme fresh kitchen picks\n"
        "deny theme rainy baking staples\ndeny theme zesty kids essentials\n",
        "rules.txt: the rules deny every theme: nothing is left to generate"},
@@ -481,6 +490,35 @@ static int same_storefront(const vt_storefront *x, const vt_storefront *y) {
   return 1;
 }
 
+static int in_region_season(int i, int region, int season) {
+  return i % 4 == region && season_of_request(i) == season;
+}
+
+/* Every storefront of `after` outside (region, season) is the baseline's; returns how many
+ * requests are inside. */
+static int only_those_change(const baseline *x, const vt_storefront *after, int region,
+                             int season) {
+  int matching = 0;
+  for (int i = 0; i < N_REQ; i++) {
+    if (in_region_season(i, region, season))
+      matching++;
+    else
+      cr_expect(same_storefront(&after[i], &x->s[i]), "request %d (another region or season) "
+                                                      "changed", i);
+  }
+  return matching;
+}
+
+/* The common requests under catalogue c (malloc'd storefronts), checked to differ from the
+ * baseline only inside (region, season), where there is at least one request. */
+static vt_storefront *run_changed(const baseline *x, const vt_catalog *c, int region,
+                                  int season) {
+  vt_storefront *after = calloc(N_REQ, sizeof *after);
+  run_on(c, "cpu", x->json, N_REQ, after);
+  cr_expect_gt(only_those_change(x, after, region, season), 0);
+  return after;
+}
+
 /* A keyword and a product unavailable in one (region, season): gone from the storefronts of that
  * region in that season (the next best keyword takes the keyword's place), every other storefront
  * unchanged. */
@@ -504,30 +542,78 @@ Test(rules, keywords_and_products_unavailable_in_a_region_and_season) {
   cr_expect_eq(c->rules->n_keywords_limited, 1);
   cr_expect_eq(c->rules->n_products_limited, 1);
   cr_expect_eq(c->regions[pr], c0->regions[pr], "not folded: a (region, season) pair");
-  vt_storefront *after = calloc(N_REQ, sizeof *after);
-  run_on(c, "cpu", x.json, N_REQ, after);
-  int matching = 0, unchanged = 0, others = 0;
+  vt_storefront *after = run_changed(&x, c, region, season);
   for (int i = 0; i < N_REQ; i++) {
-    if (i % 4 == region && season_of_request(i) == season) {
-      matching++;
-      cr_expect_eq(after[i].n_sections, x.s[i].n_sections);
-      for (int k = 0; k < after[i].n_sections; k++) {
-        const vt_section *a = &after[i].sections[k];
-        cr_expect_eq(a->n_keywords, x.s[i].sections[k].n_keywords,
-                     "request %d section %d: another keyword takes its place", i, k);
-        for (int q = 0; q < a->n_keywords; q++)
-          cr_expect_neq(a->keyword[q], kw, "request %d shows keyword '%s'", i,
-                        b->keywords.text[kw]);
-        for (int q = 0; q < a->n_products; q++)
-          cr_expect_neq(a->products[q].product, pr, "request %d shows %s", i, c0->ids[pr]);
-      }
-    } else {
-      others++;
-      unchanged += same_storefront(&after[i], &x.s[i]);
+    if (!in_region_season(i, region, season))
+      continue;
+    cr_expect_eq(after[i].n_sections, x.s[i].n_sections);
+    for (int k = 0; k < after[i].n_sections; k++) {
+      const vt_section *a = &after[i].sections[k];
+      cr_expect_eq(a->n_keywords, x.s[i].sections[k].n_keywords,
+                   "request %d section %d: another keyword takes its place", i, k);
+      for (int q = 0; q < a->n_keywords; q++)
+        cr_expect_neq(a->keyword[q], kw, "request %d shows keyword '%s'", i, b->keywords.text[kw]);
+      for (int q = 0; q < a->n_products; q++)
+        cr_expect_neq(a->products[q].product, pr, "request %d shows %s", i, c0->ids[pr]);
     }
   }
-  cr_expect_gt(matching, 0);
-  cr_expect_eq(unchanged, others, "only the storefronts of that region and season change");
+  tmpcat_close(&t);
+  free(after);
+  baseline_free(&x);
+}
+
+/* A theme unavailable in one (region, season), and a placement that allows only two themes. */
+Test(rules, themes_unavailable_in_a_region_and_season_and_allow_only_sections) {
+  static const char *const seasons[] = {"winter", "spring", "summer", "autumn"};
+  baseline x;
+  baseline_run(&x);
+  const int th = x.s[0].sections[0].theme, region = 0, season = season_of_request(0);
+  char text[512];
+  snprintf(text, sizeof text, "unavailable theme %s region=%s season=%s\n",
+           b->themes.text[th], b->regions[region].name, seasons[season]);
+  tmpcat t;
+  const vt_catalog *c = with_rules(&t, text);
+  cr_expect_eq(c->rules->n_themes_limited, 1);
+  vt_storefront *after = run_changed(&x, c, region, season);
+  for (int i = 0; i < N_REQ; i++) {
+    if (!in_region_season(i, region, season))
+      continue;
+    cr_expect_eq(after[i].n_sections, SEC, "request %d: another theme takes its place", i);
+    for (int k = 0; k < after[i].n_sections; k++)
+      cr_expect_neq(after[i].sections[k].theme, th, "request %d shows theme '%s'", i,
+                    b->themes.text[th]);
+  }
+  tmpcat_close(&t);
+  /* section 2 (1-based) may show only the two themes that were least often the second section's */
+  int second[256] = {0};
+  for (int i = 0; i < N_REQ; i++)
+    second[x.s[i].sections[1].theme]++;
+  int a = -1, z = -1;
+  for (int k = 0; k < b->themes.n; k++)
+    if (second[k] == 0 && (a < 0 || x.before.theme[k] > x.before.theme[a]))
+      a = k; /* never second before, but shown elsewhere as often as possible */
+  for (int k = 0; k < b->themes.n; k++)
+    if (k != a && (z < 0 || x.before.theme[k] > x.before.theme[z]))
+      z = k;
+  cr_assert(a >= 0 && z >= 0);
+  snprintf(text, sizeof text, "allow-only section 2 theme %s\nallow-only section 2 theme %s\n",
+           b->themes.text[a], b->themes.text[z]);
+  c = with_rules(&t, text);
+  cr_expect_eq(c->rules->n_sections_restricted, 1);
+  run_on(c, "cpu", x.json, N_REQ, after);
+  int full = 0, shown_a = 0;
+  for (int i = 0; i < N_REQ; i++) {
+    cr_expect_eq(after[i].sections[0].theme, x.s[i].sections[0].theme, "section 1 is free");
+    if (after[i].n_sections < 2)
+      continue; /* neither allowed theme was finished: the page ends before section 2 */
+    full += after[i].n_sections == SEC;
+    const int t2 = after[i].sections[1].theme;
+    shown_a += t2 == a;
+    cr_expect(t2 == a || t2 == z, "request %d: section 2 shows theme '%s'", i,
+              b->themes.text[t2]);
+  }
+  cr_expect_gt(full, 0);
+  cr_expect_gt(shown_a, 0, "a theme never second before is now, where allowed");
   tmpcat_close(&t);
   free(after);
   baseline_free(&x);
@@ -609,10 +695,13 @@ Test(rules, a_device_decodes_under_the_rules_tries_as_the_cpu_does) {
   snprintf(text, sizeof text,
            "deny theme %s\ndeny keyword %s\nseason sg 06-01..08-31 winter\n"
            "unavailable keyword %s region=us season=winter\n"
-           "unavailable product %s region=us season=winter\n",
+           "unavailable product %s region=us season=winter\n"
+           "unavailable theme %s region=us season=winter\n"
+           "allow-only section 3 theme %s\nallow-only section 3 theme %s\n",
            b->themes.text[most(before.theme, b->themes.n)],
            b->keywords.text[most(before.keyword, b->keywords.n)],
-           b->keywords.text[sec->keyword[sec->n_keywords - 1]], c0->ids[sec->products[0].product]);
+           b->keywords.text[sec->keyword[sec->n_keywords - 1]], c0->ids[sec->products[0].product],
+           b->themes.text[sec->theme], b->themes.text[0], b->themes.text[1]);
   tmpcat t;
   const vt_catalog *c = with_rules(&t, text);
   run_on(c, "cpu", json, n, s);

@@ -171,9 +171,9 @@ static int cpu_beam_advance(vt_backend *be, vt_beam_rows next, vt_beam_groups g,
 
 static int cpu_themes_to_keywords(vt_backend *be, vt_storefront *out, vt_beam_rows rows2,
                                   vt_beam_groups g2, vt_beam_groups g1, const vt_page_req *req,
-                                  int B, int G2, int maxT, int sep) {
+                                  vt_theme_rules tr, int B, int G2, int maxT, int sep) {
   (void)be;
-  vt_beam_themes_to_keywords(out, rows2, g2, g1, req, B, G2, maxT, sep);
+  vt_beam_themes_to_keywords(out, rows2, g2, g1, req, tr, B, G2, maxT, sep);
   return 0;
 }
 

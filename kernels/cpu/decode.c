@@ -138,8 +138,8 @@ void vt_beam_advance(vt_beam_rows next, vt_beam_groups g, int32_t *slot_base, vt
 }
 
 void vt_beam_themes_to_keywords(vt_storefront *out, vt_beam_rows rows2, vt_beam_groups g2,
-                                vt_beam_groups g1, const vt_page_req *req, int B, int G2,
-                                int maxT, int sep) {
+                                vt_beam_groups g1, const vt_page_req *req, vt_theme_rules tr,
+                                int B, int G2, int maxT, int sep) {
   int nrows = 0;
   for (int gi = 0; gi < G2; gi++) { /* groups of sections without a theme stay done */
     g2.state[gi] = VT_GROUP_DONE;
@@ -150,7 +150,8 @@ void vt_beam_themes_to_keywords(vt_storefront *out, vt_beam_rows rows2, vt_beam_
     int32_t order[VT_MAX_SECTIONS];
     const size_t f0 = (size_t)i * g1.fin_cap;
     const int ns = vt__rank_finished(order, g1.fin_score + f0, g1.fin_phrase + f0, g1.n_fin[i],
-                                     req[i].sections, NULL, 0, 0);
+                                     req[i].sections, tr.block, req[i].region, req[i].season,
+                                     tr.allow, tr.restricted);
     out[i].n_sections = ns;
     for (int s = 0; s < ns; s++) {
       const size_t f = f0 + (size_t)order[s];

@@ -155,7 +155,8 @@ void vt_page_assemble(vt_storefront *out, const vt_page_req *req, const int32_t 
       const size_t f0 = (size_t)gi * g2.fin_cap;
       int32_t order[VT_MAX_KEYWORDS];
       const int nk = vt__rank_finished(order, g2.fin_score + f0, g2.fin_phrase + f0, g2.n_fin[gi],
-                                       r->keywords, shelf.kw_block, r->region, r->season);
+                                       r->keywords, shelf.kw_block, r->region, r->season, NULL,
+                                       0u);
       sec->n_keywords = nk;
       for (int k = 0; k < nk; k++) {
         sec->keyword[k] = g2.fin_phrase[f0 + order[k]];

@@ -110,11 +110,13 @@ __device__ __forceinline__ int block_exclusive_scan(int v, int *shared, int *tot
 }
 
 /* The order of the best min(n, n_fin) finished hypotheses (higher score, then lower phrase id),
- * leaving out the phrases `block` marks for (region, season) (NULL: none): positions into order,
- * returns the count. One thread; n is a handful (kernels/cpu/rank.h). */
+ * leaving out the phrases `block` marks for (region, season) (NULL: none) and, for a place k that
+ * `restricted` has, those allow[phrase] has no bit k for: positions into order, returns the count.
+ * One thread; n is a handful (kernels/cpu/rank.h). */
 __device__ __forceinline__ int rank_finished_dev(int32_t *order, const float *score,
                                                  const int32_t *phrase, int n_fin, int n,
-                                                 const uint32_t *block, int region, int season) {
+                                                 const uint32_t *block, int region, int season,
+                                                 const uint32_t *allow, uint32_t restricted) {
   uint64_t taken[VT_MAX_FINISHED / 64];
   for (int i = 0; i < VT_MAX_FINISHED / 64; i++) {
     taken[i] = 0;
@@ -127,6 +129,9 @@ __device__ __forceinline__ int rank_finished_dev(int32_t *order, const float *sc
         continue;
       }
       if (block && (block[(size_t)phrase[f] * 4 + (size_t)season] >> region & 1u)) {
+        continue;
+      }
+      if ((restricted >> k & 1u) && !(allow[phrase[f]] >> k & 1u)) {
         continue;
       }
       if (best < 0 || score[f] > score[best] ||

@@ -321,8 +321,8 @@ static __global__ void __launch_bounds__(SCAN_THREADS)
 /* ---- themes -> keywords ------------------------------------------------------------------- */
 static __global__ void __launch_bounds__(SCAN_THREADS)
     themes_to_keywords_kernel(vt_storefront *out, vt_beam_rows rows2, vt_beam_groups g2,
-                              vt_beam_groups g1, const vt_page_req *req, int B, int G2, int maxT,
-                              int sep) {
+                              vt_beam_groups g1, const vt_page_req *req, vt_theme_rules tr, int B,
+                              int G2, int maxT, int sep) {
   __shared__ int shared[WARP];
   for (int gi = threadIdx.x; gi < G2; gi += blockDim.x) { // sections without a theme stay done
     g2.state[gi] = VT_GROUP_DONE;
@@ -335,7 +335,8 @@ static __global__ void __launch_bounds__(SCAN_THREADS)
     int32_t order[VT_MAX_SECTIONS];
     const size_t f0 = (size_t)i * g1.fin_cap;
     const int ns = rank_finished_dev(order, g1.fin_score + f0, g1.fin_phrase + f0, g1.n_fin[i],
-                                     req[i].sections, nullptr, 0, 0);
+                                     req[i].sections, tr.block, req[i].region, req[i].season,
+                                     tr.allow, tr.restricted);
     out[i].n_sections = ns;
     for (int s = 0; s < ns; s++) {
       const size_t f = f0 + (size_t)order[s];
@@ -528,8 +529,8 @@ extern "C" int vt_beam_advance_cuda(vt_beam_rows next, vt_beam_groups g, int32_t
 
 extern "C" int vt_beam_themes_to_keywords_cuda(vt_storefront *out, vt_beam_rows rows2,
                                                vt_beam_groups g2, vt_beam_groups g1,
-                                               const vt_page_req *req, int B, int G2, int maxT,
-                                               int sep, void *stream) {
+                                               const vt_page_req *req, vt_theme_rules tr, int B,
+                                               int G2, int maxT, int sep, void *stream) {
   const char *what = "vt_beam_themes_to_keywords_cuda";
   int rc = check_groups_args(what, g2);
   if (rc == 0) {
@@ -541,12 +542,12 @@ extern "C" int vt_beam_themes_to_keywords_cuda(vt_storefront *out, vt_beam_rows 
   if (rc != 0) {
     return rc;
   }
-  if (B < 0 || G2 < 0 || !out || !req || !g1.fin_slots) {
+  if (B < 0 || G2 < 0 || !out || !req || !g1.fin_slots || (tr.restricted && !tr.allow)) {
     return vt__cuda_fail(VT_CUDA_EINVAL, "%s: bad shape B=%d G2=%d, a NULL pointer, or the themes'"
                          " slots not kept", what, B, G2);
   }
   VT_LAUNCH(themes_to_keywords_kernel, 1, SCAN_THREADS, 0, vt__stream(stream))(
-      out, rows2, g2, g1, req, B, G2, maxT, sep);
+      out, rows2, g2, g1, req, tr, B, G2, maxT, sep);
   return vt__cuda_check_launch(what);
 }
 

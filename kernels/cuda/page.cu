@@ -149,7 +149,7 @@ static __global__ void __launch_bounds__(PAGE_THREADS)
         int32_t order[VT_MAX_KEYWORDS];
         const int nk = rank_finished_dev(order, g2.fin_score + f0, g2.fin_phrase + f0,
                                          g2.n_fin[gi], r.keywords, sh.kw_block, r.region,
-                                         r.season);
+                                         r.season, nullptr, 0u);
         sec->n_keywords = nk;
         kw_start[0] = 0;
         for (int k = 0; k < nk; k++) {
