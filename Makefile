@@ -116,7 +116,7 @@ check-asan: deps
 # tests/fuzz/regressions/<target>/ (replayed by `make test`) and fails the target.
 # `make fuzz FUZZ_TARGETS="wire request"` for some only.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= request wire safetensors bundle catalog
+FUZZ_TARGETS ?= request wire safetensors bundle catalog rules
 fuzz: deps
 	@cmake -S . -B $(BUILD)-fuzz -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
 	  -DVITRINE_FUZZ=ON -DVITRINE_CUDA=OFF -DVITRINE_CUDA_EMU=OFF \
