@@ -159,7 +159,7 @@ gpu-pack: deps golden
 	@cmake -S . -B $(GPU_BUILD) -DCMAKE_BUILD_TYPE=Release -DVITRINE_CUDA=ON \
 	  -DCMAKE_CUDA_ARCHITECTURES=90 -DVITRINE_CUDA_EMU=OFF >/dev/null
 	@cmake --build $(GPU_BUILD) -j2 --target vitrine vitrine-bench bench_engine bench_cuda_kernels \
-	  test_cuda_ops test_backend test_decode_ops test_device_parity test_parity
+	  test_cuda_ops test_backend test_decode_ops test_device_parity test_parity test_rules
 	@[ -f $(GPU_BUILD)/fixture/golden.safetensors ] || $(PY) -m train.fixture --out $(GPU_BUILD)/fixture
 	@[ -f $(DEMO)/requests.jsonl ] || $(PY) -m train.requests --shop $(DEMO)/shop.json \
 	  --out $(DEMO)/requests.jsonl --n 512

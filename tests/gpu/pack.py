@@ -26,7 +26,7 @@ import sys
 import tarfile
 
 BINARIES = ["vitrine", "vitrine-bench", "bench_engine", "bench_cuda_kernels", "test_cuda_ops",
-            "test_backend", "test_decode_ops", "test_device_parity", "test_parity"]
+            "test_backend", "test_decode_ops", "test_device_parity", "test_parity", "test_rules"]
 # sonames every machine with glibc and the CUDA 13 toolkit or driver has
 BASE = [r"linux-vdso\.so\.\d+", r"ld-linux-x86-64\.so\.2", r"libc\.so\.6", r"libm\.so\.6",
         r"libdl\.so\.2", r"libpthread\.so\.0", r"librt\.so\.1", r"libresolv\.so\.2",

@@ -2,7 +2,7 @@
 # Everything a lent GPU machine should show, in one command that fits in 8 minutes on an H100:
 #   1. the CUDA tests: every op against the CPU (test_cuda_ops, test_backend, test_decode_ops)
 #      and the whole cascade against the CPU engine (test_device_parity, on the fixture's and
-#      the demo's golden requests);
+#      the demo's golden requests; test_rules, under the catalogue's rules: docs/RULES.md);
 #   2. compute-sanitizer memcheck, racecheck and synccheck on the CUDA op tests;
 #   3. the kernel benchmark (bench_cuda_kernels);
 #   4. the engine benchmark by batch size: the CPU engine, the CUDA engine with and without CUDA
@@ -100,6 +100,7 @@ run_test test_cuda_ops "$P/fixture"
 run_test test_backend "$P/fixture"
 run_test test_decode_ops "$P/fixture"
 run_test test_device_parity "$P/fixture" fixture
+run_test test_rules "$P/fixture"
 if [ -f "$P/demo/golden.safetensors" ]; then
   run_test test_device_parity "$P/demo" demo
   run_test test_parity "$P/demo" demo
