@@ -404,7 +404,8 @@ static int do_allow_only(parser *ps, const tok *w, int n) {
   int id, rc;
   if ((rc = find_phrase(ps, "theme", w + 4, n - 4, &id)))
     return rc;
-  if (!r->theme_allow && !(r->theme_allow = calloc((size_t)r->n_themes + 1, sizeof *r->theme_allow)))
+  if (!r->theme_allow &&
+      !(r->theme_allow = calloc((size_t)r->n_themes + 1, sizeof *r->theme_allow)))
     return vt_fail(ps->err, VT_ENOMEM, "out of memory");
   r->theme_allow[id] |= 1u << (k - 1);
   r->restricted |= 1u << (k - 1);

@@ -132,7 +132,8 @@ static void request_json(char *out, size_t cap, int i, const char *region, int64
 }
 
 /* Runs requests (JSON) on the CPU engine for catalogue c, or on `device`. */
-static void run_on(const vt_catalog *c, const char *device, char **json, int n, vt_storefront *out) {
+static void run_on(const vt_catalog *c, const char *device, char **json, int n,
+                   vt_storefront *out) {
   vt_err err = {0};
   vt_request *r = calloc((size_t)n, sizeof *r);
   for (int i = 0; i < n; i++)
@@ -262,7 +263,8 @@ Test(rules, bad_lines_are_refused_with_their_line_number) {
       {"unavailable keyword kids shorts", "rules.txt:1: unavailable needs region=.. or season="},
       {"unavailable keyword region=eu", "rules.txt:1: a keyword phrase is missing"},
       {"unavailable keyword kids shirts region=eu", "rules.txt:1: unknown keyword 'kids shirts'"},
-      {"unavailable theme fresh kitchen season=winter", "rules.txt:1: unknown theme 'fresh kitchen'"},
+      {"unavailable theme fresh kitchen season=winter",
+       "rules.txt:1: unknown theme 'fresh kitchen'"},
       {"unavailable gadget x region=eu", "rules.txt:1: unavailable what? 'gadget'"},
       {"allow-only section 0 theme fresh kitchen picks",
        "rules.txt:1: allow-only section '0': a section is 1..16 (the bundle's max_sections)"},
