@@ -224,11 +224,13 @@ def test_options_from_env_and_flags_and_json_logs(server_factory):
         rec = json.loads(line)  # one JSON object per line
         assert {"ts", "level", "event"} <= rec.keys()
     events = [json.loads(ln)["event"] for ln in srv.lines]
-    # listening, one line per engine (worker and device), serving
-    assert events[:4] == ["listening", "engine", "engine", "serving"] and "draining" in events
+    # listening, one line per engine (worker and device), the scheduler's threads, serving
+    assert events[:5] == ["listening", "engine", "engine", "engine_threads", "serving"] and \
+        "draining" in events
     assert [json.loads(ln)["device"] for ln in srv.lines[1:3]] == ["cpu", "cpu"]
+    assert json.loads(srv.lines[3])["workers"] == 2
     assert events[-1] == "stopped"
-    assert isinstance(json.loads(srv.lines[3])["grpc_port"], int)
+    assert isinstance(json.loads(srv.lines[4])["grpc_port"], int)
 
 
 def test_max_message_size_option(server_factory, fixture_requests):
