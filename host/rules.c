@@ -40,7 +40,8 @@ typedef struct parser {
   int line;
   vt_err *err;
   phrase_index themes, keywords;
-  int32_t *season_line; /* (n_regions * DAYS): the line that set a cell, 0 none */
+  int32_t *season_line; /* (n_regions * DAYS): the line that set a cell, 0 none (r's) */
+  int cap_scoped;       /* of r->scoped */
   int version_line;
   int allow_line[32];    /* the first allow-only line of each section */
 } parser;
@@ -172,6 +173,33 @@ static int find_season(parser *ps, tok t, int *season) {
                    shown(one, sizeof one, t));
 }
 
+/* Keeps the current line's scope for the audit log (rules.h vt_rule_scope). */
+static int add_scope(parser *ps, int kind, int id, int section, uint32_t regions,
+                     uint8_t seasons) {
+  vt_rules *r = ps->r;
+  if (r->n_scoped == ps->cap_scoped) {
+    const int cap = ps->cap_scoped ? ps->cap_scoped * 2 : 16;
+    vt_rule_scope *g = realloc(r->scoped, (size_t)cap * sizeof *g);
+    if (!g)
+      return vt_fail(ps->err, VT_ENOMEM, "out of memory");
+    r->scoped = g;
+    ps->cap_scoped = cap;
+  }
+  r->scoped[r->n_scoped++] = (vt_rule_scope){.line = ps->line, .kind = kind, .id = id,
+                                             .section = section, .regions = regions,
+                                             .seasons = seasons};
+  return VT_OK;
+}
+
+static int scope_cmp(const void *a, const void *b) {
+  const vt_rule_scope *x = a, *y = b;
+  if (x->kind != y->kind)
+    return x->kind < y->kind ? -1 : 1;
+  if (x->id != y->id)
+    return x->id < y->id ? -1 : 1;
+  return (x->line > y->line) - (x->line < y->line);
+}
+
 /* ---- the directives ------------------------------------------------------------------------ */
 static int do_version(parser *ps, const tok *w, int n) {
   if (n != 2)
@@ -276,7 +304,7 @@ static int do_deny(parser *ps, const tok *w, int n) {
     if ((rc = find_phrase(ps, theme ? "theme" : "keyword", w + 2, n - 2, &id)))
       return rc;
     (theme ? r->theme_denied : r->keyword_denied)[id] = 1;
-    return VT_OK;
+    return add_scope(ps, VT_RULE_DENY_PHRASE, id, 0, 0, 0);
   }
   if (tok_is(w[1], "product")) {
     if (n != 3)
@@ -284,7 +312,7 @@ static int do_deny(parser *ps, const tok *w, int n) {
     if ((rc = find_product(ps, w[2], &id)))
       return rc;
     r->product_regions_off[id] = ~0u;
-    return VT_OK;
+    return add_scope(ps, VT_RULE_DENY_PRODUCT, id, 0, 0, 0);
   }
   if (tok_is(w[1], "term")) {
     if (n != 3)
@@ -296,7 +324,7 @@ static int do_deny(parser *ps, const tok *w, int n) {
             0)
       return line_fail(ps, "unknown term '%s': no theme or keyword has this word",
                        shown(one, sizeof one, w[2]));
-    return VT_OK;
+    return add_scope(ps, VT_RULE_DENY_PHRASE, -1, 0, 0, 0);
   }
   return line_fail(ps, "deny what? '%s' (theme, keyword, product or term)",
                    shown(one, sizeof one, w[1]));
@@ -367,7 +395,8 @@ static int do_unavailable(parser *ps, const tok *w, int n) {
     if (n - n_opts != 3)
       return line_fail(ps, "unavailable product takes one product id, then region=.. and/or "
                            "season=..");
-    if ((rc = find_product(ps, w[2], &id)))
+    if ((rc = find_product(ps, w[2], &id)) ||
+        (rc = add_scope(ps, VT_RULE_PRODUCT, id, 0, regions, seasons)))
       return rc;
     if (regions && seasons) /* those regions in those seasons: the page op's table */
       return block_set(ps, &r->prod_block, r->n_products, id, regions, seasons);
@@ -377,7 +406,8 @@ static int do_unavailable(parser *ps, const tok *w, int n) {
   }
   if (tok_is(w[1], "keyword") || tok_is(w[1], "theme")) { /* all regions or seasons if left out */
     const int theme = tok_is(w[1], "theme");
-    if ((rc = find_phrase(ps, theme ? "theme" : "keyword", w + 2, n - 2 - n_opts, &id)))
+    if ((rc = find_phrase(ps, theme ? "theme" : "keyword", w + 2, n - 2 - n_opts, &id)) ||
+        (rc = add_scope(ps, theme ? VT_RULE_THEME : VT_RULE_KEYWORD, id, 0, regions, seasons)))
       return rc;
     return block_set(ps, theme ? &r->theme_block : &r->kw_block,
                      theme ? r->n_themes : r->n_keywords, id,
@@ -402,7 +432,8 @@ static int do_allow_only(parser *ps, const tok *w, int n) {
     return line_fail(ps, "allow-only section '%s': a section is 1..%d (the bundle's max_sections)",
                      shown(one, sizeof one, w[2]), max);
   int id, rc;
-  if ((rc = find_phrase(ps, "theme", w + 4, n - 4, &id)))
+  if ((rc = find_phrase(ps, "theme", w + 4, n - 4, &id)) ||
+      (rc = add_scope(ps, VT_RULE_ALLOW, id, k, 0, 0)))
     return rc;
   if (!r->theme_allow &&
       !(r->theme_allow = calloc((size_t)r->n_themes + 1, sizeof *r->theme_allow)))
@@ -487,7 +518,28 @@ void vt_rules_free(vt_rules *r) {
   free(r->prod_block);
   free(r->theme_block);
   free(r->theme_allow);
+  for (int i = 0; r->text && i <= r->n_text; i++)
+    free(r->text[i]);
+  free(r->text);
+  free(r->season_line);
+  free(r->scoped);
+  free(r->cat_regions);
+  free(r->cat_seasons);
   free(r);
+}
+
+/* The words of a line joined by one space (the audit log quotes it). */
+static char *join_words(const tok *w, int n) {
+  size_t len = 0;
+  for (int i = 0; i < n; i++)
+    len += w[i].n + 1;
+  char *s = malloc(len + 1), *o = s;
+  for (int i = 0; s && i < n; i++) {
+    memcpy(o, w[i].s, w[i].n);
+    o += w[i].n;
+    *o++ = i + 1 < n ? ' ' : 0;
+  }
+  return s;
 }
 
 static int is_blank(char ch) { return ch == ' ' || ch == '\t' || ch == '\r'; }
@@ -508,12 +560,17 @@ int vt_rules_parse(vt_rules **out, const char *text, size_t len, const char *nam
   r->n_keywords = b->keywords.n;
   r->n_products = c->n_products;
   r->season = malloc((size_t)b->n_regions * DAYS);
-  ps.season_line = calloc((size_t)b->n_regions * DAYS, sizeof *ps.season_line);
+  ps.season_line = r->season_line =
+      calloc((size_t)b->n_regions * DAYS, sizeof *ps.season_line);
+  r->n_text = 1;
+  for (size_t i = 0; i < len; i++)
+    r->n_text += text[i] == '\n';
+  r->text = calloc((size_t)r->n_text + 1, sizeof *r->text);
   r->theme_denied = calloc((size_t)b->themes.n + 1, 1);
   r->keyword_denied = calloc((size_t)b->keywords.n + 1, 1);
   r->product_regions_off = calloc((size_t)c->n_products + 1, sizeof *r->product_regions_off);
   r->product_seasons_off = calloc((size_t)c->n_products + 1, 1);
-  if (!r->season || !ps.season_line || !r->theme_denied || !r->keyword_denied ||
+  if (!r->season || !ps.season_line || !r->text || !r->theme_denied || !r->keyword_denied ||
       !r->product_regions_off || !r->product_seasons_off ||
       index_build(&ps.themes, &b->themes) || index_build(&ps.keywords, &b->keywords)) {
     rc = vt_fail(err, VT_ENOMEM, "out of memory");
@@ -554,9 +611,15 @@ int vt_rules_parse(vt_rules **out, const char *text, size_t len, const char *nam
       r->n_lines++;
       if ((rc = do_line(&ps, w, n)))
         goto done;
+      if (!(r->text[ps.line] = join_words(w, n))) {
+        rc = vt_fail(err, VT_ENOMEM, "out of memory");
+        goto done;
+      }
     }
     s = nl ? nl + 1 : end;
   }
+  if (r->n_scoped)
+    qsort(r->scoped, (size_t)r->n_scoped, sizeof *r->scoped, scope_cmp);
   for (int i = 0; i < r->n_themes; i++)
     r->n_themes_denied += r->theme_denied[i];
   for (int i = 0; i < r->n_keywords; i++)
@@ -612,7 +675,6 @@ int vt_rules_parse(vt_rules **out, const char *text, size_t len, const char *nam
   *out = r;
   r = NULL;
 done:
-  free(ps.season_line);
   free(ps.themes.slot);
   free(ps.keywords.slot);
   vt_rules_free(r);
@@ -657,6 +719,21 @@ void vt_rules_apply(vt_catalog *c, vt_rules *r) {
   c->rules = r;
   if (!r)
     return;
+  /* the catalogue's own masks, for the audit log (NULL when out of memory: it then counts what
+   * the rules removed under the catalogue's filters) */
+  free(r->cat_regions);
+  free(r->cat_seasons);
+  r->cat_regions = malloc(((size_t)c->n_products + 1) * sizeof *r->cat_regions);
+  r->cat_seasons = malloc((size_t)c->n_products + 1);
+  if (r->cat_regions && r->cat_seasons) {
+    memcpy(r->cat_regions, c->regions, (size_t)c->n_products * sizeof *r->cat_regions);
+    memcpy(r->cat_seasons, c->seasons, (size_t)c->n_products);
+  } else {
+    free(r->cat_regions);
+    free(r->cat_seasons);
+    r->cat_regions = NULL;
+    r->cat_seasons = NULL;
+  }
   for (int p = 0; p < c->n_products; p++) {
     c->regions[p] &= ~r->product_regions_off[p];
     c->seasons[p] &= (uint8_t)~r->product_seasons_off[p];
@@ -675,6 +752,42 @@ int vt_rules_season(const vt_rules *r, const vt_bundle *b, int region, int64_t t
       return s;
   }
   return vt_season_of(ts, g->season_offset, g->fixed_season);
+}
+
+int vt_rules_season_line(const vt_rules *r, int region, int64_t ts) {
+  if (!r || region < 0 || region >= r->n_regions)
+    return 0;
+  int64_t y;
+  int m, d;
+  vt_civil_from_days(ts / 86400 - (ts % 86400 < 0), &y, &m, &d);
+  return r->season_line[(size_t)region * DAYS + (size_t)(m - 1) * 31 + (size_t)(d - 1)];
+}
+
+int vt_rules_find(const vt_rules *r, int kind, int id, int region, int season, int *at) {
+  if (!r || !r->n_scoped)
+    return 0;
+  int i = *at;
+  if (i == 0) { /* the first entry of (kind, id): lower bound */
+    int lo = 0, hi = r->n_scoped;
+    while (lo < hi) {
+      const int mid = lo + (hi - lo) / 2;
+      const vt_rule_scope *e = &r->scoped[mid];
+      if (e->kind < kind || (e->kind == kind && e->id < id))
+        lo = mid + 1;
+      else
+        hi = mid;
+    }
+    i = lo;
+  }
+  for (; i < r->n_scoped && r->scoped[i].kind == kind && r->scoped[i].id == id; i++) {
+    const vt_rule_scope *e = &r->scoped[i];
+    if ((!e->regions || (e->regions >> region & 1u)) && (!e->seasons || (e->seasons >> season & 1u))) {
+      *at = i + 1;
+      return e->line;
+    }
+  }
+  *at = i;
+  return 0;
 }
 
 const char *vt_rules_version(const vt_rules *r) { return r ? r->version : ""; }

@@ -27,6 +27,23 @@
 
 struct vt_catalog;
 
+/* A rule line whose effect depends on the request (or is kept for the audit log to name it):
+ * product, keyword and theme rules with the regions and seasons they hold in, allow-only
+ * placements. regions / seasons 0: all. */
+enum {
+  VT_RULE_DENY_PRODUCT = 0, /* id: product */
+  VT_RULE_PRODUCT,          /* unavailable product (id) region=.. and/or season=.. */
+  VT_RULE_KEYWORD,          /* unavailable keyword (id) */
+  VT_RULE_THEME,            /* unavailable theme (id) */
+  VT_RULE_ALLOW,            /* allow-only section (section) theme (id) */
+  VT_RULE_DENY_PHRASE       /* deny theme, keyword or term (id -1): every request */
+};
+typedef struct vt_rule_scope {
+  int32_t line, kind, id, section; /* section: 1-based, allow-only only */
+  uint32_t regions;
+  uint8_t seasons;
+} vt_rule_scope;
+
 #define VT_RULES_FILE "rules.txt"
 #define VT_RULES_MAX_BYTES (16 << 20) /* a larger rules file is refused */
 #define VT_RULES_VERSION_MAX 64       /* bytes of a `version` line's text */
@@ -57,6 +74,20 @@ typedef struct vt_rules {
    * bit k of restricted: section k shows only the themes that allow it (vt_theme_rules) */
   uint32_t *theme_allow; /* (n_themes), NULL without allow-only rules */
   uint32_t restricted;
+  /* for the audit log (host/audit.h), which names the lines that acted on a request:
+   * text[i]: line i's rule, its words joined by one space, comment dropped (NULL: blank or a
+   * comment; [0] unused); season_line: the `season` line setting each (region, month, day) cell,
+   * 0: none; scoped: the lines of vt_rule_scope, sorted by (kind, id, line);
+   * cat_regions / cat_seasons: the catalogue's masks before vt_rules_apply folded the product
+   * rules in (NULL until then), so a product a rule removed can be told from one the catalogue
+   * never had there */
+  int n_text;
+  char **text;           /* (n_text + 1) */
+  int32_t *season_line;  /* (n_regions, 12, 31) */
+  int n_scoped;
+  vt_rule_scope *scoped; /* (n_scoped) */
+  uint32_t *cat_regions; /* (n_products) */
+  uint8_t *cat_seasons;  /* (n_products) */
 } vt_rules;
 
 /* Parses rules text (len bytes, name for messages) against bundle b and catalogue c (product ids).
@@ -77,6 +108,14 @@ void vt_rules_apply(struct vt_catalog *c, vt_rules *r);
 /* The season (0 winter .. 3 autumn) at ts in region `region`: a `season` rule covering the date
  * wins, else the bundle's calendar (season_offset, fixed_season). r may be NULL. */
 int vt_rules_season(const vt_rules *r, const vt_bundle *b, int region, int64_t ts);
+
+/* The `season` line that decides the season at ts in region (0: none, the bundle's calendar or
+ * the region's fixed season decides). r may be NULL. */
+int vt_rules_season_line(const vt_rules *r, int region, int64_t ts);
+
+/* The first line of kind (VT_RULE_*) about id that holds in region and season, from index *at
+ * (start with 0; *at is left after the match, for the next call); 0: none left. */
+int vt_rules_find(const vt_rules *r, int kind, int id, int region, int season, int *at);
 
 /* The version reported in GetInfo, answers, metrics and logs: "" without rules. */
 const char *vt_rules_version(const vt_rules *r);
