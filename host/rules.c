@@ -781,7 +781,8 @@ int vt_rules_find(const vt_rules *r, int kind, int id, int region, int season, i
   }
   for (; i < r->n_scoped && r->scoped[i].kind == kind && r->scoped[i].id == id; i++) {
     const vt_rule_scope *e = &r->scoped[i];
-    if ((!e->regions || (e->regions >> region & 1u)) && (!e->seasons || (e->seasons >> season & 1u))) {
+    if ((!e->regions || (e->regions >> region & 1u)) &&
+        (!e->seasons || (e->seasons >> season & 1u))) {
       *at = i + 1;
       return e->line;
     }
