@@ -41,6 +41,7 @@ struct vt_metrics {
   long requests[VT_M_COUNT][N_CODES];
   hist queue, compute, total, batch;
   long queue_depth, inflight, reloads_ok, reloads_failed, tls_refused;
+  long audit_written, audit_ring_full, audit_too_large, audit_errors;
   long worker_batches[VT_METRICS_MAX_WORKERS];
   int n_workers; /* highest worker seen + 1 */
   int serving;
@@ -161,6 +162,15 @@ void vt_metrics_tls_refused(vt_metrics *m) {
   pthread_mutex_unlock(&m->mu);
 }
 
+void vt_metrics_audit(vt_metrics *m, long written, long ring_full, long too_large, long errors) {
+  pthread_mutex_lock(&m->mu);
+  m->audit_written += written;
+  m->audit_ring_full += ring_full;
+  m->audit_too_large += too_large;
+  m->audit_errors += errors;
+  pthread_mutex_unlock(&m->mu);
+}
+
 /* ---- rendering ---- */
 typedef struct sbuf {
   char *p;
@@ -261,6 +271,22 @@ char *vt_metrics_render(vt_metrics *m) {
             "vitrine_tls_handshakes_refused_total %ld\n",
             m->queue_depth, m->inflight, m->serving, m->reloads_ok, m->reloads_failed,
             m->tls_refused);
+  sb_printf(&b,
+            "# HELP vitrine_audit_records_written_total Audit log records written "
+            "(--audit-log).\n"
+            "# TYPE vitrine_audit_records_written_total counter\n"
+            "vitrine_audit_records_written_total %ld\n"
+            "# HELP vitrine_audit_records_dropped_total Sampled audit records not written: the "
+            "ring was full (the writer fell behind), or one record was larger than "
+            "--audit-max-bytes.\n"
+            "# TYPE vitrine_audit_records_dropped_total counter\n"
+            "vitrine_audit_records_dropped_total{reason=\"ring_full\"} %ld\n"
+            "vitrine_audit_records_dropped_total{reason=\"too_large\"} %ld\n"
+            "# HELP vitrine_audit_write_errors_total Audit records lost to a failed open, write "
+            "or rotation.\n"
+            "# TYPE vitrine_audit_write_errors_total counter\n"
+            "vitrine_audit_write_errors_total %ld\n",
+            m->audit_written, m->audit_ring_full, m->audit_too_large, m->audit_errors);
   sb_printf(&b, "# HELP vitrine_worker_batches_total Batches run by each engine worker.\n"
                 "# TYPE vitrine_worker_batches_total counter\n");
   for (int w = 0; w < m->n_workers; w++)

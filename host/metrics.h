@@ -41,6 +41,10 @@ void vt_metrics_reload(vt_metrics *m, int ok);
 /* A TLS handshake the server refused (a plaintext client, an untrusted or missing certificate). */
 void vt_metrics_tls_refused(vt_metrics *m);
 
+/* The audit log (host/audit.h): records written, dropped because the ring was full or the record
+ * was larger than a whole file may be, and failed writes (deltas). */
+void vt_metrics_audit(vt_metrics *m, long written, long ring_full, long too_large, long errors);
+
 /* The whole exposition as text (malloc'd, NUL-terminated; NULL when out of memory). */
 char *vt_metrics_render(vt_metrics *m);
 

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <math.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -17,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "audit.h"
 #include "bundle.h"
 #include "catalog.h"
 #include "metrics.h"
@@ -35,7 +37,8 @@ typedef struct opt {
 enum {
   O_BUNDLE, O_CATALOG, O_LISTEN, O_METRICS, O_WORKERS, O_CQ, O_BATCH, O_DELAY, O_CAPACITY,
   O_MAXQ, O_EVENTS, O_MSG, O_DRAIN, O_LINGER, O_LOGFMT, O_LOGREQ, O_CDELAY, O_DEVICE, O_GRAPHS,
-  O_TLS_CERT, O_TLS_KEY, O_TLS_CA, O_WATCH, O_MAXAGE, O_N
+  O_TLS_CERT, O_TLS_KEY, O_TLS_CA, O_WATCH, O_MAXAGE, O_AUDIT, O_AUDIT_SAMPLE, O_AUDIT_MAX,
+  O_AUDIT_KEEP, O_AUDIT_RING, O_AUDIT_RAW, O_AUDIT_SALT, O_N
 };
 
 static opt OPTS[O_N] = {
@@ -105,6 +108,29 @@ static opt OPTS[O_N] = {
                   "ask each client connection to reconnect after about N ms (GOAWAY; calls in "
                   "flight finish), so that clients spread over replicas added since (0: never)",
                   NULL, 0, 0, 86400000},
+    [O_AUDIT] = {"--audit-log", "VITRINE_AUDIT_LOG", "FILE|off",
+                 "audit log: one JSON line per sampled answered Recommend (docs/SERVER.md), "
+                 "written off the request path, rotated by size",
+                 "off", 0, 0, 0},
+    [O_AUDIT_SAMPLE] = {"--audit-sample", "VITRINE_AUDIT_SAMPLE", "F",
+                        "fraction of answered Recommend calls the audit log records, 0..1", "1",
+                        0, 0, 0},
+    [O_AUDIT_MAX] = {"--audit-max-bytes", "VITRINE_AUDIT_MAX_BYTES", "N",
+                     "audit log: no file grows past N bytes (FILE is rotated to FILE.1 first)",
+                     NULL, 64L << 20, 4096, 1L << 40},
+    [O_AUDIT_KEEP] = {"--audit-keep", "VITRINE_AUDIT_KEEP", "N",
+                      "audit log: files kept, FILE included (FILE, FILE.1 .. FILE.N-1)", NULL, 4,
+                      1, 1000},
+    [O_AUDIT_RING] = {"--audit-ring", "VITRINE_AUDIT_RING", "N",
+                      "audit log: records waiting for the writer; more are dropped and counted, "
+                      "never waited for", NULL, 256, 1, 65536},
+    [O_AUDIT_RAW] = {"--audit-raw-ids", "VITRINE_AUDIT_RAW_IDS", "0|1",
+                     "audit log: shopper ids as sent instead of their keyed hash (the flag "
+                     "alone: 1)", NULL, 0, 0, 1},
+    [O_AUDIT_SALT] = {"--audit-salt", "VITRINE_AUDIT_SALT", "TEXT",
+                      "audit log: the key of the shopper id hash (HMAC-SHA256), so hashes match "
+                      "across restarts and replicas; unset: random per process (prefer the "
+                      "variable, from a Secret)", NULL, 0, 0, 0},
 };
 
 static void usage(FILE *f) {
@@ -125,7 +151,7 @@ static void usage(FILE *f) {
     fprintf(f, "  %-36s %s\n  %-36s   env %s", left, o->help, "", o->env);
     if (o->sval)
       fprintf(f, ", default %s", o->sval);
-    else if (strcmp(o->arg, "DIR") != 0 && strcmp(o->arg, "FILE") != 0)
+    else if (strcmp(o->arg, "N") == 0 || strcmp(o->arg, "0|1") == 0)
       fprintf(f, ", default %ld", o->ival);
     fputc('\n', f);
   }
@@ -174,7 +200,7 @@ static int parse_opts(int argc, char **argv) {
       fprintf(stderr, "vitrine serve: unknown argument '%s' (see --help)\n", a);
       return -1;
     }
-    if (!val && found == O_LOGREQ)
+    if (!val && (found == O_LOGREQ || found == O_AUDIT_RAW))
       val = "1";
     if (!val) {
       if (i + 1 >= argc) {
@@ -198,6 +224,20 @@ static int parse_opts(int argc, char **argv) {
   if (OPTS[O_TLS_CA].sval && !OPTS[O_TLS_CERT].sval) {
     fprintf(stderr, "vitrine serve: --tls-client-ca needs --tls-cert and --tls-key (mutual TLS "
                     "is TLS first)\n");
+    return -1;
+  }
+  {
+    const char *v = OPTS[O_AUDIT_SAMPLE].sval;
+    char *end;
+    errno = 0;
+    double f = strtod(v, &end);
+    if (errno || end == v || *end || !isfinite(f) || f < 0.0 || f > 1.0) {
+      fprintf(stderr, "vitrine serve: --audit-sample must be a number in 0..1, not '%s'\n", v);
+      return -1;
+    }
+  }
+  if (!*OPTS[O_AUDIT].sval) {
+    fprintf(stderr, "vitrine serve: --audit-log needs a file (or off)\n");
     return -1;
   }
   const char *lf = OPTS[O_LOGFMT].sval;
@@ -377,6 +417,7 @@ int vt_serve_main(int argc, char **argv) {
   vt_gen *g = NULL;
   vt_sched *s = NULL;
   vt_server *srv = NULL;
+  vt_audit *audit = NULL;
   int status = 2, metrics_port = -1, grpc_port = -1;
   vt_metrics *m = vt_metrics_create();
   if (!m) {
@@ -398,6 +439,29 @@ int vt_serve_main(int argc, char **argv) {
       status = 1;
       goto done;
     }
+  }
+  if (strcmp(OPTS[O_AUDIT].sval, "off") != 0) {
+    const vt_audit_opts ao = {.path = OPTS[O_AUDIT].sval,
+                              .sample = strtod(OPTS[O_AUDIT_SAMPLE].sval, NULL),
+                              .max_bytes = OPTS[O_AUDIT_MAX].ival,
+                              .keep = (int)OPTS[O_AUDIT_KEEP].ival,
+                              .ring = (int)OPTS[O_AUDIT_RING].ival,
+                              .raw_ids = (int)OPTS[O_AUDIT_RAW].ival,
+                              .salt = OPTS[O_AUDIT_SALT].sval};
+    if (vt_audit_open(&audit, &ao, m, &err)) {
+      vt_log("error", "start_failed", "error", err.msg, NULL);
+      status = 1;
+      goto done;
+    }
+    char mb[32], keep[16];
+    fmt_long(mb, sizeof mb, OPTS[O_AUDIT_MAX].ival);
+    fmt_long(keep, sizeof keep, OPTS[O_AUDIT_KEEP].ival);
+    vt_log("info", "audit_log", "path", ao.path, "sample", OPTS[O_AUDIT_SAMPLE].sval,
+           "max_bytes", mb, "keep", keep, "shopper_ids",
+           ao.raw_ids                       ? "raw"
+           : ao.salt && *ao.salt ? "hmac-sha256 (--audit-salt)"
+                                            : "hmac-sha256 (random per-process salt)",
+           NULL);
   }
   char *pem[3] = {NULL, NULL, NULL};
   if (OPTS[O_TLS_CERT].sval) {
@@ -421,7 +485,8 @@ int vt_serve_main(int argc, char **argv) {
                           .log_requests = (int)OPTS[O_LOGREQ].ival,
                           .max_batch = (int)OPTS[O_BATCH].ival,
                           .max_connection_age_ms = (int)OPTS[O_MAXAGE].ival,
-                          .drain_timeout_ms = (int)OPTS[O_DRAIN].ival};
+                          .drain_timeout_ms = (int)OPTS[O_DRAIN].ival,
+                          .audit = audit};
   int started = vt_server_start(&srv, &sopts, m, &grpc_port, &err);
   for (int i = 0; i < 3; i++) { /* gRPC keeps its own copies */
     if (pem[i])
@@ -596,6 +661,7 @@ done:
   }
   vt_sched_free(s);
   vt_server_stop(srv, 0);
+  vt_audit_close(audit); /* after the last answer: writes what its ring holds */
   vt_gen_unref(g);
   for (int i = 0; i < VT_MAX_DEVICES; i++)
     vt_model_free(models[i]);

@@ -204,6 +204,8 @@ typedef struct call {
                          had gone by then (an abandoned call is no bad request) */
   vt_job job;
   char shopper[64];
+  int audited;           /* sampled for the audit log */
+  char audit_digest[17]; /* of the request's bytes */
   int md_sent; /* initial metadata went out (Watch sends it with its first message) */
   /* Health/Watch (guarded by srv->mu) */
   struct call *w_prev, *w_next;
@@ -561,6 +563,8 @@ static void job_done(vt_job *j, const vt_storefront *s) {
       grpc_byte_buffer_destroy(bb);
       bb = NULL;
     }
+    if (bb && k->audited) /* a copy into the log's ring; dropped (and counted) when it is full */
+      vt_audit_submit(k->srv->o.audit, k->audit_digest, &j->req, g, s);
     vt_gen_unref(g);
     j->gen = NULL;
     log_request(k, code, code ? j->msg : "");
@@ -664,6 +668,10 @@ static void handle_recommend(call *k) {
     goto refuse;
   }
   k->job.priority = w.priority == 1 ? VT_PRIO_HIGH : VT_PRIO_NORMAL;
+  if (vt_audit_sample(srv->o.audit)) { /* the digest here, while the bytes are at hand */
+    k->audited = 1;
+    vt_audit_digest(p, n, k->audit_digest);
+  }
   vt_wire_request_free(&w);
   grpc_slice_unref(bytes);
   k->job.gen = g;

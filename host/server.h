@@ -11,6 +11,7 @@
 #ifndef VITRINE_HOST_SERVER_H
 #define VITRINE_HOST_SERVER_H
 
+#include "audit.h"
 #include "metrics.h"
 #include "sched.h"
 #include "status.h"
@@ -27,6 +28,9 @@ typedef struct vt_server_opts {
   /* TLS (PEM text; NULL: plaintext): the server's certificate chain and key, and for mutual TLS
    * the CA that client certificates must be signed by */
   const char *tls_cert_pem, *tls_key_pem, *tls_client_ca_pem;
+  /* the audit log (NULL: off): a sampled call's digest is taken where it is parsed, and the
+   * worker that answers it hands its storefront to the log's ring */
+  vt_audit *audit;
 } vt_server_opts;
 
 typedef struct vt_server vt_server;
