@@ -11,7 +11,10 @@ grpc.aio client. All times are on CLOCK_MONOTONIC, shared by the processes.
 2. soak: --soak-min minutes open loop (Poisson) at --soak-load x C in all: good calls from
    vitrine-bench, bad (INVALID_ARGUMENT expected) and cancelled (0-3 ms after sending: CANCELLED,
    or OK if the answer came first) from Python, in the --mix shares; a SIGHUP reload every
-   --reload-s seconds; the server's RSS every 5 s.
+   --reload-s seconds; the server's RSS every 5 s; every second the machine's CPU time (busy,
+   steal) and the server's and the generators' (from /proc), so that a stall of the tail can be
+   told from the server's own doing: the seconds whose p99 is over 3x the soak's median
+   per-second p99 are listed with what the machine did in them ("stalls").
    Pass: RSS growth after warm-up (--warmup-min) under 5%; p99 of good calls in the first and the
    last 5 minutes after warm-up within 20%; no unexpected status.
 3. overload: vitrine-bench at --overload x C for --overload-s seconds; then, as soon as the
@@ -145,6 +148,56 @@ def rss_kb(pid):
     return None
 
 
+def machine_cpu():
+    """(busy, steal, total) jiffies of the whole machine since boot (/proc/stat's cpu line)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]  # idle + iowait
+    steal = v[7] if len(v) > 7 else 0
+    total = sum(v[:8])
+    return total - idle - steal, steal, total
+
+
+def proc_cpu(pid):
+    """utime + stime jiffies of one process (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            rest = f.read().rsplit(")", 1)[1].split()
+        return int(rest[11]) + int(rest[12])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+class CpuLog:
+    """Per-second CPU shares: the machine's busy and steal time, the server's and the load
+    generators' (all as a fraction of the machine's time, so 1.0 = every core busy)."""
+
+    def __init__(self):
+        self.rows, self.prev = [], None
+
+    def sample(self, t, server_pid, gen_pids):
+        busy, steal, total = machine_cpu()
+        srv = proc_cpu(server_pid)
+        gen = sum(proc_cpu(p) for p in gen_pids if p)
+        now = (t, busy, steal, total, srv, gen)
+        if self.prev:
+            dt = max(1, total - self.prev[3])
+            self.rows.append({"t": round(self.prev[0], 1),
+                              "busy": round((busy - self.prev[1]) / dt, 3),
+                              "steal": round((steal - self.prev[2]) / dt, 3),
+                              "server": round((srv - self.prev[4]) / dt, 3),
+                              "generators": round((gen - self.prev[5]) / dt, 3)})
+        self.prev = now
+
+    def over(self, t0, t1):
+        """Mean shares over [t0, t1)."""
+        xs = [r for r in self.rows if t0 <= r["t"] < t1]
+        if not xs:
+            return {}
+        return {k: round(sum(r[k] for r in xs) / len(xs), 3)
+                for k in ("busy", "steal", "server", "generators")}
+
+
 class Bench:
     """One vitrine-bench run (one step) in the background; its records once it has ended."""
 
@@ -257,9 +310,13 @@ def main():
                          "--window", str(win), "--max-windows", str(int(round(dur / win))),
                          *timing)
         rss, reloads = [], 0
-        next_rss, next_reload = 0.0, a.reload_s
+        cpu = CpuLog()
+        next_rss, next_cpu, next_reload = 0.0, 0.0, a.reload_s
         while time.monotonic() < t_start + dur:
             t = time.monotonic() - t_start
+            if t >= next_cpu:
+                cpu.sample(t, srv.pid, (soak_run.p.pid, mixer.pid))
+                next_cpu += 1
             if t >= next_rss:
                 rss.append((round(t, 1), rss_kb(srv.pid)))
                 next_rss += 5
@@ -304,7 +361,17 @@ def main():
             xs = [lat for t, lat in goods if m0 * 60 <= t < (m0 + 1) * 60]
             per_min.append({"minute": m0 + 1, "calls": len(xs),
                             "p50_ms": round(1000 * (pct(xs, 50) or 0), 2),
-                            "p99_ms": round(1000 * (pct(xs, 99) or 0), 2)})
+                            "p99_ms": round(1000 * (pct(xs, 99) or 0), 2),
+                            "cpu": cpu.over(m0 * 60, (m0 + 1) * 60)})
+        # the seconds of the tail: p99 over 3x the median per-second p99, with the machine's CPU
+        by_sec = {}
+        for t, lat in goods:
+            by_sec.setdefault(int(t), []).append(lat)
+        sec_p99 = {k: pct(v, 99) for k, v in by_sec.items() if k >= warm and len(v) >= 20}
+        med = pct(list(sec_p99.values()), 50) or 0
+        stalls = [{"second": k, "p99_ms": round(1000 * v, 1), "cpu": cpu.over(k - 1, k + 1)}
+                  for k, v in sorted(sec_p99.items()) if med and v > 3 * med]
+        quiet = cpu.over(warm, dur)
         rss_after_warm = [kb for t, kb in rss if warm <= t <= dur]
         growth = (rss_after_warm[-1] / rss_after_warm[0] - 1) if len(rss_after_warm) > 1 else None
         p99_first, p99_last = pct(first, 99), pct(last, 99)
@@ -318,7 +385,8 @@ def main():
                           "p99_first5_ms": 1000 * (p99_first or 0),
                           "p99_last5_ms": 1000 * (p99_last or 0), "p99_drift": drift,
                           "generator_lag_p99_ms": soak_lag.get("p99"),
-                          "per_minute": per_min}
+                          "cpu_mean": quiet, "second_p99_median_ms": round(1000 * med, 2),
+                          "stalls": stalls, "per_minute": per_min, "cpu_per_second": cpu.rows}
         checks = {
             "soak: no unexpected status": not unexpected,
             "soak: RSS growth after warm-up < 5%": growth is not None and growth < 0.05,
@@ -388,6 +456,10 @@ def main():
               f"({100 * (s['rss_growth'] or 0):+.1f}%), p99 first/last 5 min "
               f"{s['p99_first5_ms']:.1f} / {s['p99_last5_ms']:.1f} ms, "
               f"{report['reloads']} reloads, generator lag p99 {s['generator_lag_p99_ms']} ms")
+        print(f"  CPU (share of the machine): {s['cpu_mean']}; {len(s['stalls'])} seconds with "
+              f"p99 over 3x the median second's ({s['second_p99_median_ms']} ms)")
+        for st in s["stalls"][:20]:
+            print(f"    second {st['second']}: p99 {st['p99_ms']} ms, CPU {st['cpu']}")
     if o:
         print(f"overload: offered {o['offered_per_s']:.0f}/s (target {o['target_per_s']:.0f}, "
               f"lag p99 {o['generator_lag_p99_ms']} ms), accepted {o['accepted_per_s']:.0f}/s "
