@@ -170,7 +170,8 @@ def proc_cpu(pid):
 
 class CpuLog:
     """Per-second CPU shares: the machine's busy and steal time, the server's and the load
-    generators' (all as a fraction of the machine's time, so 1.0 = every core busy)."""
+    generators' and every other process's (all as a fraction of the machine's time, so 1.0 =
+    every core busy)."""
 
     def __init__(self):
         self.rows, self.prev = [], None
@@ -187,6 +188,8 @@ class CpuLog:
                               "steal": round((steal - self.prev[2]) / dt, 3),
                               "server": round((srv - self.prev[4]) / dt, 3),
                               "generators": round((gen - self.prev[5]) / dt, 3)})
+            r = self.rows[-1]
+            r["other"] = round(max(0.0, r["busy"] - r["server"] - r["generators"]), 3)
         self.prev = now
 
     def over(self, t0, t1):
@@ -195,7 +198,7 @@ class CpuLog:
         if not xs:
             return {}
         return {k: round(sum(r[k] for r in xs) / len(xs), 3)
-                for k in ("busy", "steal", "server", "generators")}
+                for k in ("busy", "steal", "server", "generators", "other")}
 
 
 class Bench:
