@@ -29,7 +29,7 @@ except ImportError:
 RULES = "# merchandising rules, kept as they are\n"
 
 
-def start(server_factory, tmp_path, rules=RULES):
+def start(server_factory, tmp_path, *extra, rules=RULES):
     """A server with an audit log and a catalogue copy with rules.txt; (server, catalogue, audit
     log, the page's URL)."""
     cat = tmp_path / "catalog"
@@ -37,7 +37,7 @@ def start(server_factory, tmp_path, rules=RULES):
     (cat / "rules.txt").write_text(rules)
     log = tmp_path / "audit.jsonl"
     srv = server_factory("--catalog", str(cat), "--audit-log", str(log), "--review-listen",
-                         "127.0.0.1:0")
+                         "127.0.0.1:0", *extra)
     line = srv.wait_for(r"\breview_page\b", 5)
     port = int(re.search(r"review_port\W+(\d+)", line).group(1))
     return srv, cat, log, f"http://127.0.0.1:{port}/"
@@ -129,7 +129,16 @@ def test_deny_a_keyword_in_a_browser(server_factory, fixture_requests, tmp_path)
         themes = [e.text for e in shown.find_elements(By.CSS_SELECTOR, ".phrase.theme")]
         assert themes == [s.theme.text for s in first.sections]
         products = [e.text for e in shown.find_elements(By.CSS_SELECTOR, "code.product")]
-        assert products == [p.id for s in first.sections for p in s.products]
+        assert products == [p.id for s in first.sections
+                            for k in s.keywords for p in s.products if p.keyword == k.id]
+        assert sorted(products) == sorted(p.id for s in first.sections for p in s.products)
+        # each product under the keyword that retrieved it (the record's product "keyword")
+        section = shown.find_element(By.CSS_SELECTOR, "li.section")
+        for k, li in zip(first.sections[0].keywords,
+                         section.find_elements(By.CSS_SELECTOR, "ul.keywords > li")):
+            assert li.find_element(By.CSS_SELECTOR, ".phrase.keyword").text == k.text
+            assert [e.text for e in li.find_elements(By.CSS_SELECTOR, "code.product")] == \
+                [p.id for p in first.sections[0].products if p.keyword == k.id]
         buttons = [b for b in driver.find_elements(By.CSS_SELECTOR, "button.deny")
                    if b.get_attribute("data-kind") == "keyword"
                    and b.get_attribute("data-value") == keyword]
@@ -173,7 +182,8 @@ def test_deny_a_keyword_in_a_browser(server_factory, fixture_requests, tmp_path)
 
 
 def test_refusals_leave_the_rules_untouched(server_factory, fixture_requests, tmp_path):
-    srv, cat, log, url = start(server_factory, tmp_path)
+    # with the watcher on: the deny's own change must not be reloaded a second time
+    srv, cat, log, url = start(server_factory, tmp_path, "--watch-catalog-ms", "50")
     first = srv.recommend(request_from_json(fixture_requests[1]), timeout=10)
     keyword = first.sections[0].keywords[0].text
     wait_records(log, 1)
@@ -220,6 +230,9 @@ def test_refusals_leave_the_rules_untouched(server_factory, fixture_requests, tm
     status, body = post(url, {"token": token, "kind": "keyword", "value": keyword})
     assert status == 400 and "already denied" in body
     assert (cat / "rules.txt").read_text().count("deny keyword") == 1
+    time.sleep(0.5 * SLOW)  # ten looks of the watcher
+    assert sum(1 for ln in srv.lines if re.search(r"\breloaded\b", ln)) == 1, srv.lines[-8:]
+    assert not [ln for ln in srv.lines if "catalog_changed" in ln]
     assert srv.stop() == 0
 
 
