@@ -233,6 +233,13 @@ def test_refusals_leave_the_rules_untouched(server_factory, fixture_requests, tm
     time.sleep(0.5 * SLOW)  # ten looks of the watcher
     assert sum(1 for ln in srv.lines if re.search(r"\breloaded\b", ln)) == 1, srv.lines[-8:]
     assert not [ln for ln in srv.lines if "catalog_changed" in ln]
+    # a theme: gone from the next answer too
+    theme = first.sections[0].theme.text
+    status, body = post(url, {"token": token, "kind": "theme", "value": theme})
+    assert status == 200, body[:500]
+    again = srv.recommend(request_from_json(fixture_requests[1]), timeout=10)
+    assert theme not in {s.theme.text for s in again.sections} and keyword not in keywords_of(again)
+    assert (cat / "rules.txt").read_text().startswith(RULES + f"deny keyword {keyword}  # ")
     assert srv.stop() == 0
 
 
