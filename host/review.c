@@ -2,6 +2,7 @@
  * HTML, and the deny action that appends to rules.txt. */
 #include "review.h"
 
+#include <arpa/inet.h>
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -628,6 +629,44 @@ static void page(const vt_review *rv, vt_httpd_resp *resp, int status, const cha
   resp->body = render(rv, banner, ok, version);
 }
 
+/* 1 when origin (n bytes) is http:// or https:// (a proxy's TLS) and the request's Host. */
+static int same_origin(const char *origin, size_t n, const char *host, size_t hn) {
+  static const char *const schemes[] = {"http://", "https://"};
+  for (int i = 0; i < 2; i++) {
+    const size_t k = strlen(schemes[i]);
+    if (host && n == k + hn && strncmp(origin, schemes[i], k) == 0 &&
+        memcmp(origin + k, host, hn) == 0)
+      return 1;
+  }
+  return 0;
+}
+
+int vt_review_host_ok(const char *host, size_t n) {
+  char name[64];
+  const char *end = host + n;
+  if (n && host[0] == '[') { /* [IPv6]:port */
+    const char *close = memchr(host, ']', n);
+    if (!close || (size_t)(close - host - 1) >= sizeof name ||
+        (close + 1 < end && close[1] != ':'))
+      return 0;
+    memcpy(name, host + 1, (size_t)(close - host - 1));
+    name[close - host - 1] = 0;
+    struct in6_addr a6;
+    return inet_pton(AF_INET6, name, &a6) == 1;
+  }
+  const char *colon = memchr(host, ':', n);
+  const size_t hl = colon ? (size_t)(colon - host) : n;
+  if (hl == 0 || hl >= sizeof name)
+    return 0;
+  for (const char *p = colon ? colon + 1 : end; p < end; p++)
+    if (*p < '0' || *p > '9')
+      return 0;
+  memcpy(name, host, hl);
+  name[hl] = 0;
+  struct in_addr a4;
+  return strcasecmp(name, "localhost") == 0 || inet_pton(AF_INET, name, &a4) == 1;
+}
+
 /* A POST to /deny: the token, then the form, then the deny itself. */
 static void deny(vt_review *rv, const vt_httpd_req *req, vt_httpd_resp *resp) {
   size_t n;
@@ -642,8 +681,7 @@ static void deny(vt_review *rv, const vt_httpd_req *req, vt_httpd_resp *resp) {
   const char *origin = vt_httpd_header(req, "Origin", &n);
   size_t hn;
   const char *host = vt_httpd_header(req, "Host", &hn);
-  if (origin && !(host && n == 7 + hn && strncmp(origin, "http://", 7) == 0 &&
-                  memcmp(origin + 7, host, hn) == 0)) {
+  if (origin && !same_origin(origin, n, host, hn)) {
     page(rv, resp, 403, "Forbidden", "refused: the form was not sent from this page's origin", 0,
          NULL);
     return;
@@ -701,6 +739,18 @@ static void handle(void *arg, const vt_httpd_req *req, vt_httpd_resp *resp) {
   const int post = is(req->method, req->method_len, "POST");
   const int root = is(req->path, req->path_len, "/");
   const int deny_path = is(req->path, req->path_len, "/deny");
+  size_t hn;
+  const char *host = vt_httpd_header(req, "Host", &hn);
+  if (host && !vt_review_host_ok(host, hn)) {
+    /* a name that is not localhost may be a DNS-rebinding page's own name pointed at this
+     * address, which would make the page (and its token) readable to that site */
+    resp->status = 403;
+    resp->reason = "Forbidden";
+    resp->type = "text/plain; charset=utf-8";
+    resp->body = strdup("refused: the Host is not an IP address or localhost (a guard against "
+                        "DNS rebinding): open the page by address\n");
+    return;
+  }
   if (post && deny_path) {
     deny(rv, req, resp);
   } else if (!post && (root || deny_path)) {

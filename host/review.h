@@ -8,7 +8,8 @@
  * that the read-only metrics port never gains a write action; no script, no external asset.
  * Everything taken from the audit log or a request is HTML-escaped; a POST is accepted only with
  * the per-process token that the page embeds in its forms (and, when the browser sends an Origin,
- * only from the page's own origin). */
+ * only from the page's own origin); a request whose Host is a name other than localhost is refused
+ * (DNS rebinding). */
 #ifndef VITRINE_HOST_REVIEW_H
 #define VITRINE_HOST_REVIEW_H
 
@@ -66,6 +67,11 @@ int vt_review_token_ok(const char *want, const char *got, size_t n);
  * ('+' and %XX) into out (cap bytes, NUL-terminated). 0; -1 absent; -2 malformed (a bad %XX, a
  * NUL, longer than cap - 1 bytes). The first occurrence counts. */
 int vt_review_form_get(const char *body, size_t len, const char *name, char *out, size_t cap);
+
+/* 1 when a request's Host header (n bytes) names an IPv4 address, a bracketed IPv6 address or
+ * localhost, with an optional port: any other name is refused (403), since a DNS-rebinding site's
+ * own name pointed at this address would make the page and its token readable to that site. */
+int vt_review_host_ok(const char *host, size_t n);
 
 /* Whether `deny kind value` can be written as one rules line: kind theme, keyword or product;
  * value 1..VT_REVIEW_VALUE_MAX bytes of UTF-8 whose only whitespace is the space (a product id:

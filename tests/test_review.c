@@ -168,6 +168,18 @@ Test(review, token) {
   cr_assert_not(vt_review_token_ok(t, "", 0), "empty");
 }
 
+Test(review, host_guard) {
+  const char *ok[] = {"127.0.0.1:8080", "127.0.0.1", "localhost:9000", "LOCALHOST", "10.1.2.3:80",
+                      "[::1]:8080", "[::1]"};
+  const char *bad[] = {"evil.example:8080", "evil.example", "localhost.evil.example:80",
+                       "127.0.0.1.nip.io:8080", "", ":8080", "127.0.0.1:80x", "[::1]x",
+                       "[evil]:80", "127.0.0.1:8080:1"};
+  for (size_t i = 0; i < sizeof ok / sizeof *ok; i++)
+    cr_assert(vt_review_host_ok(ok[i], strlen(ok[i])), "%s refused", ok[i]);
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+    cr_assert_not(vt_review_host_ok(bad[i], strlen(bad[i])), "%s accepted", bad[i]);
+}
+
 Test(review, form_fields) {
   const char *body = "token=ab%43d&kind=keyword&value=mineral+umbrella%21&kind=theme&empty=";
   char out[64];

@@ -215,12 +215,17 @@ def test_refusals_leave_the_rules_untouched(server_factory, fixture_requests, tm
     # not a form; no length; too long; another method; another path
     status, body = post(url, {"token": token}, {"Content-Type": "text/plain"})
     assert status == 415
-    assert raw_http(url, b"POST /deny HTTP/1.1\r\nHost: x\r\n\r\n") == 411
+    assert raw_http(url, b"POST /deny HTTP/1.1\r\nHost: localhost\r\n\r\n") == 411
     assert raw_http(url, b"POST /deny HTTP/1.1\r\nHost: x\r\nContent-Length: 99999\r\n\r\n") == 413
     assert raw_http(url, b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n") == 405
     with pytest.raises(urllib.error.HTTPError) as e:
         get(url + "etc/passwd")
     assert e.value.code == 404
+    # a name other than localhost in Host (a DNS-rebinding page's): refused, even the page
+    assert raw_http(url, b"GET / HTTP/1.1\r\nHost: evil.example:80\r\n\r\n") == 403
+    status, body = post(url, {"token": token, "kind": "keyword", "value": keyword},
+                        {"Host": "rebound.evil.example"})
+    assert status == 403 and "DNS rebinding" in body
     assert (cat / "rules.txt").read_text() == RULES
     # the same origin is fine (a browser sends it), and a repeat is refused as already denied
     port = urllib.parse.urlparse(url).port
