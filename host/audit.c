@@ -285,6 +285,7 @@ static void format_record(vt_audit *a, const rec *x, FILE *b, uint8_t *seen) {
     for (int k = 0; k < sc->n_products; k++) {
       sb_put(b, k ? ",{\"id\":" : "{\"id\":", k ? 7 : 6);
       sb_str(b, c->ids[sc->products[k].product]);
+      fprintf(b, ",\"keyword\":%d", sc->products[k].keyword);
       sb_put(b, ",\"score\":", 9);
       sb_num(b, sc->products[k].score);
       sb_put(b, "}", 1);

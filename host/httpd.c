@@ -4,6 +4,7 @@
 #include "httpd.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -20,8 +21,11 @@
 typedef struct conn {
   int fd;             /* -1: free */
   int64_t opened_ms;  /* when it was accepted */
-  size_t got;         /* request head bytes read */
-  char head[VT_HTTPD_HEAD_MAX];
+  size_t got;         /* request bytes read (head, then body) */
+  size_t head_len;    /* application servers: the head's length once complete, else 0 */
+  size_t need;        /* application servers: head and body, once the head is read */
+  char *head;         /* (cap) bytes: the request head, then its body */
+  char peer[INET_ADDRSTRLEN];
   char *out;          /* the answer (head and body), once the request is read */
   size_t out_len, sent;
 } conn;
@@ -31,7 +35,10 @@ struct vt_httpd {
   const char *content_type;
   vt_httpd_render_fn fn;
   vt_httpd_ready_fn ready;
+  vt_httpd_handler_fn app; /* an application server: every request goes to it */
   void *arg;
+  size_t cap; /* a connection's buffer: VT_HTTPD_HEAD_MAX, + VT_HTTPD_BODY_MAX for app */
+  char *bufs; /* (VT_HTTPD_MAX_CONNS, cap) */
   pthread_t thread;
   conn conns[VT_HTTPD_MAX_CONNS];
 };
@@ -48,22 +55,22 @@ static void conn_close(conn *c) {
   free(c->out);
   c->fd = -1;
   c->out = NULL;
-  c->got = c->out_len = c->sent = 0;
+  c->got = c->head_len = c->need = c->out_len = c->sent = 0;
 }
 
 /* The answer: status line, headers, body (NULL body: none). */
 static void answer(vt_httpd *h, conn *c, int status, const char *reason, const char *type,
                    const char *extra, char *body, int head_only) {
   size_t blen = body ? strlen(body) : 0;
-  char hdr[512];
+  char hdr[2048];
   int k = snprintf(hdr, sizeof hdr,
                    "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s"
                    "Connection: close\r\n\r\n",
                    status, reason, type, blen, extra ? extra : "");
   (void)h;
   size_t send_body = head_only ? 0 : blen;
-  c->out = malloc((size_t)k + send_body + 1);
-  if (!c->out) {
+  c->out = k > 0 && (size_t)k < sizeof hdr ? malloc((size_t)k + send_body + 1) : NULL;
+  if (!c->out) { /* out of memory, or a handler's headers too long (a bug): no answer */
     free(body);
     conn_close(c);
     return;
@@ -84,6 +91,19 @@ static char *dup_text(const char *s) {
   return p;
 }
 
+/* The request line "METHOD SP TARGET SP HTTP/1.x" at the start of head (n bytes): the target
+ * with the method's and the target's lengths, or NULL when malformed. */
+static const char *request_line(const char *head, size_t n, size_t *mlen, size_t *tlen) {
+  const char *line_end = memchr(head, '\n', n);
+  const char *sp1 = memchr(head, ' ', line_end ? (size_t)(line_end - head) : 0);
+  const char *sp2 = sp1 ? memchr(sp1 + 1, ' ', (size_t)(line_end - sp1 - 1)) : NULL;
+  if (!line_end || !sp1 || !sp2 || strncmp(sp2 + 1, "HTTP/1.", 7) != 0)
+    return NULL;
+  *mlen = (size_t)(sp1 - head);
+  *tlen = (size_t)(sp2 - sp1 - 1);
+  return sp1 + 1;
+}
+
 /* A whole request head has arrived (or the limit was reached): decide the answer. */
 static void handle(vt_httpd *h, conn *c, int too_big) {
   const char *plain = "text/plain; charset=utf-8";
@@ -92,18 +112,14 @@ static void handle(vt_httpd *h, conn *c, int too_big) {
            dup_text("request head too large\n"), 0);
     return;
   }
-  /* request line: METHOD SP TARGET SP HTTP/x.y */
-  char *line_end = memchr(c->head, '\n', c->got);
-  char *sp1 = memchr(c->head, ' ', line_end ? (size_t)(line_end - c->head) : 0);
-  char *sp2 = sp1 ? memchr(sp1 + 1, ' ', (size_t)(line_end - sp1 - 1)) : NULL;
-  if (!line_end || !sp1 || !sp2 || strncmp(sp2 + 1, "HTTP/1.", 7) != 0) {
+  size_t mlen, tlen;
+  const char *target = request_line(c->head, c->got, &mlen, &tlen);
+  if (!target) {
     answer(h, c, 400, "Bad Request", plain, NULL, dup_text("bad request line\n"), 0);
     return;
   }
-  size_t mlen = (size_t)(sp1 - c->head), tlen = (size_t)(sp2 - sp1 - 1);
   int get = mlen == 3 && memcmp(c->head, "GET", 3) == 0;
   int head = mlen == 4 && memcmp(c->head, "HEAD", 4) == 0;
-  const char *target = sp1 + 1;
   const char *q = memchr(target, '?', tlen);
   size_t plen = q ? (size_t)(q - target) : tlen;
   if (!get && !head) {
@@ -129,27 +145,143 @@ static void handle(vt_httpd *h, conn *c, int too_big) {
   }
 }
 
-/* The end of the request head ("\r\n\r\n", or "\n\n" from lenient clients) is in head[0..got). */
-static int head_complete(const conn *c) {
-  for (size_t i = 0; i + 1 < c->got; i++)
-    if (c->head[i] == '\n' &&
-        (c->head[i + 1] == '\n' ||
-         (c->head[i + 1] == '\r' && i + 2 < c->got && c->head[i + 2] == '\n')))
-      return 1;
+/* The length of the request head, its blank line included ("\r\n\r\n", or "\n\n" from lenient
+ * clients), when it is in head[0..got); else 0. */
+static size_t head_end(const conn *c) {
+  for (size_t i = 0; i + 1 < c->got; i++) {
+    if (c->head[i] != '\n')
+      continue;
+    if (c->head[i + 1] == '\n')
+      return i + 2;
+    if (c->head[i + 1] == '\r' && i + 2 < c->got && c->head[i + 2] == '\n')
+      return i + 3;
+  }
   return 0;
+}
+
+const char *vt_httpd_header(const vt_httpd_req *req, const char *name, size_t *len) {
+  const size_t nl = strlen(name);
+  const char *p = req->head, *end = req->head + req->head_len;
+  const char *eol = memchr(p, '\n', (size_t)(end - p)); /* skip the request line */
+  for (p = eol ? eol + 1 : end; p < end; p = eol + 1) {
+    eol = memchr(p, '\n', (size_t)(end - p));
+    if (!eol)
+      break;
+    if ((size_t)(eol - p) > nl && p[nl] == ':' && strncasecmp(p, name, nl) == 0) {
+      const char *v = p + nl + 1, *ve = eol;
+      while (v < ve && (*v == ' ' || *v == '\t'))
+        v++;
+      while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t'))
+        ve--;
+      *len = (size_t)(ve - v);
+      return v;
+    }
+  }
+  *len = 0;
+  return NULL;
+}
+
+/* An application server's request head is complete (head_len): how much body to wait for, or an
+ * answer refusing it. 0: c->need is set; -1: answered. */
+static int app_body(vt_httpd *h, conn *c) {
+  const char *plain = "text/plain; charset=utf-8";
+  const vt_httpd_req req = {.head = c->head, .head_len = c->head_len};
+  size_t n;
+  const char *v;
+  c->need = c->head_len;
+  if (strncmp(c->head, "POST ", 5) != 0)
+    return 0; /* GET, HEAD: a body is not read (the connection closes after the answer) */
+  if (vt_httpd_header(&req, "Transfer-Encoding", &n)) {
+    answer(h, c, 501, "Not Implemented", plain, NULL,
+           dup_text("a request body needs a Content-Length (no Transfer-Encoding)\n"), 0);
+    return -1;
+  }
+  if (!(v = vt_httpd_header(&req, "Content-Length", &n))) {
+    answer(h, c, 411, "Length Required", plain, NULL, dup_text("Content-Length is required\n"),
+           0);
+    return -1;
+  }
+  size_t len = 0;
+  int digits = n > 0;
+  for (size_t i = 0; i < n; i++)
+    if (!isdigit((unsigned char)v[i]))
+      digits = 0;
+    else if (len <= VT_HTTPD_BODY_MAX) /* stops growing past the limit: no overflow */
+      len = len * 10 + (size_t)(v[i] - '0');
+  if (!digits) {
+    answer(h, c, 400, "Bad Request", plain, NULL, dup_text("bad Content-Length\n"), 0);
+    return -1;
+  }
+  if (len > VT_HTTPD_BODY_MAX) {
+    char msg[64];
+    snprintf(msg, sizeof msg, "request body over %d bytes\n", VT_HTTPD_BODY_MAX);
+    answer(h, c, 413, "Content Too Large", plain, NULL, dup_text(msg), 0);
+    return -1;
+  }
+  c->need = c->head_len + len;
+  return 0;
+}
+
+/* An application server's whole request (head and body) is in: the handler answers. */
+static void app_handle(vt_httpd *h, conn *c) {
+  const char *plain = "text/plain; charset=utf-8";
+  vt_httpd_req req = {.method = c->head,
+                      .head = c->head,
+                      .head_len = c->head_len,
+                      .body = c->head + c->head_len,
+                      .body_len = c->need - c->head_len,
+                      .peer = c->peer};
+  size_t tlen;
+  if (!(req.path = request_line(c->head, c->head_len, &req.method_len, &tlen))) {
+    answer(h, c, 400, "Bad Request", plain, NULL, dup_text("bad request line\n"), 0);
+    return;
+  }
+  const char *q = memchr(req.path, '?', tlen);
+  req.path_len = q ? (size_t)(q - req.path) : tlen;
+  req.query = q ? q + 1 : "";
+  req.query_len = q ? tlen - req.path_len - 1 : 0;
+  const int get = req.method_len == 3 && memcmp(req.method, "GET", 3) == 0;
+  const int head = req.method_len == 4 && memcmp(req.method, "HEAD", 4) == 0;
+  const int post = req.method_len == 4 && memcmp(req.method, "POST", 4) == 0;
+  if (!get && !head && !post) {
+    answer(h, c, 405, "Method Not Allowed", plain, "Allow: GET, HEAD, POST\r\n",
+           dup_text("only GET, HEAD and POST\n"), 0);
+    return;
+  }
+  vt_httpd_resp resp = {.status = 500, .reason = "Internal Server Error", .type = plain};
+  h->app(h->arg, &req, &resp);
+  if (!resp.body)
+    answer(h, c, 500, "Internal Server Error", plain, NULL, dup_text("out of memory\n"), head);
+  else
+    answer(h, c, resp.status, resp.reason, resp.type, resp.headers, resp.body, head);
 }
 
 static void on_readable(vt_httpd *h, conn *c) {
   for (;;) {
-    ssize_t k = recv(c->fd, c->head + c->got, sizeof c->head - c->got, 0);
+    /* until the head is complete, read no more than a head may take */
+    size_t room = (c->need ? c->need : VT_HTTPD_HEAD_MAX) - c->got;
+    ssize_t k = room ? recv(c->fd, c->head + c->got, room, 0) : 0;
     if (k > 0) {
       c->got += (size_t)k;
-      if (head_complete(c)) {
-        handle(h, c, 0);
-        return;
+      if (!c->need) {
+        size_t end = head_end(c);
+        if (!end) {
+          if (c->got == VT_HTTPD_HEAD_MAX) {
+            handle(h, c, 1);
+            return;
+          }
+          continue;
+        }
+        if (!h->app) {
+          handle(h, c, 0);
+          return;
+        }
+        c->head_len = end;
+        if (app_body(h, c))
+          return; /* refused */
       }
-      if (c->got == sizeof c->head) {
-        handle(h, c, 1);
+      if (c->got >= c->need) {
+        app_handle(h, c);
         return;
       }
       continue;
@@ -179,7 +311,9 @@ static void on_writable(conn *c) {
 /* Accepts every pending connection; a full table closes its oldest connection first. */
 static void on_accept(vt_httpd *h, int64_t now) {
   for (;;) {
-    int fd = accept4(h->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    struct sockaddr_in peer;
+    socklen_t plen = sizeof peer;
+    int fd = accept4(h->lfd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0)
       return;
     conn *slot = NULL, *oldest = NULL;
@@ -198,6 +332,8 @@ static void on_accept(vt_httpd *h, int64_t now) {
     }
     slot->fd = fd;
     slot->opened_ms = now;
+    if (!inet_ntop(AF_INET, &peer.sin_addr, slot->peer, sizeof slot->peer))
+      snprintf(slot->peer, sizeof slot->peer, "?");
   }
 }
 
@@ -248,27 +384,29 @@ static void *httpd_main(void *arg) {
   return NULL;
 }
 
-int vt_httpd_start(vt_httpd **out, const char *host, int port, const char *content_type,
-                   vt_httpd_render_fn fn, vt_httpd_ready_fn ready, void *arg, int *bound,
-                   vt_err *err) {
+static int start(vt_httpd **out, const char *host, int port, const char *what, vt_httpd *h,
+                 int *bound, vt_err *err) {
   *out = NULL;
   struct sockaddr_in sa;
   memset(&sa, 0, sizeof sa);
   sa.sin_family = AF_INET;
   sa.sin_port = htons((uint16_t)port);
-  if (port < 0 || port > 65535 || inet_pton(AF_INET, host, &sa.sin_addr) != 1)
-    return vt_fail(err, VT_EINVAL, "metrics address '%s:%d' is not an IPv4 address and port",
+  if (port < 0 || port > 65535 || inet_pton(AF_INET, host, &sa.sin_addr) != 1) {
+    free(h);
+    return vt_fail(err, VT_EINVAL, "%s address '%s:%d' is not an IPv4 address and port", what,
                    host, port);
-  vt_httpd *h = calloc(1, sizeof *h);
-  if (!h)
+  }
+  h->cap = VT_HTTPD_HEAD_MAX + (h->app ? VT_HTTPD_BODY_MAX : 0);
+  h->bufs = malloc(VT_HTTPD_MAX_CONNS * h->cap);
+  if (!h->bufs) {
+    free(h);
     return vt_fail(err, VT_ENOMEM, "out of memory");
+  }
   h->wake[0] = h->wake[1] = -1;
-  for (int i = 0; i < VT_HTTPD_MAX_CONNS; i++)
+  for (int i = 0; i < VT_HTTPD_MAX_CONNS; i++) {
     h->conns[i].fd = -1;
-  h->content_type = content_type;
-  h->fn = fn;
-  h->ready = ready;
-  h->arg = arg;
+    h->conns[i].head = h->bufs + (size_t)i * h->cap;
+  }
   int one = 1;
   socklen_t sl = sizeof sa;
   h->lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -279,19 +417,49 @@ int vt_httpd_start(vt_httpd **out, const char *host, int port, const char *conte
     int e = errno;
     if (h->lfd >= 0)
       close(h->lfd);
+    free(h->bufs);
     free(h);
-    return vt_fail(err, VT_EIO, "cannot serve metrics on %s:%d: %s", host, port, strerror(e));
+    return vt_fail(err, VT_EIO, "cannot serve %s on %s:%d: %s", what, host, port,
+                   strerror(e));
   }
   if (pthread_create(&h->thread, NULL, httpd_main, h)) {
     close(h->lfd);
     close(h->wake[0]);
     close(h->wake[1]);
+    free(h->bufs);
     free(h);
-    return vt_fail(err, VT_EIO, "cannot start the metrics thread");
+    return vt_fail(err, VT_EIO, "cannot start a thread for %s", what);
   }
   *bound = ntohs(sa.sin_port);
   *out = h;
   return VT_OK;
+}
+
+int vt_httpd_start(vt_httpd **out, const char *host, int port, const char *content_type,
+                   vt_httpd_render_fn fn, vt_httpd_ready_fn ready, void *arg, int *bound,
+                   vt_err *err) {
+  vt_httpd *h = calloc(1, sizeof *h);
+  if (!h) {
+    *out = NULL;
+    return vt_fail(err, VT_ENOMEM, "out of memory");
+  }
+  h->content_type = content_type;
+  h->fn = fn;
+  h->ready = ready;
+  h->arg = arg;
+  return start(out, host, port, "metrics", h, bound, err);
+}
+
+int vt_httpd_start_app(vt_httpd **out, const char *host, int port, const char *what,
+                       vt_httpd_handler_fn fn, void *arg, int *bound, vt_err *err) {
+  vt_httpd *h = calloc(1, sizeof *h);
+  if (!h) {
+    *out = NULL;
+    return vt_fail(err, VT_ENOMEM, "out of memory");
+  }
+  h->app = fn;
+  h->arg = arg;
+  return start(out, host, port, what, h, bound, err);
 }
 
 void vt_httpd_stop(vt_httpd *h) {
@@ -306,5 +474,6 @@ void vt_httpd_stop(vt_httpd *h) {
   close(h->lfd);
   close(h->wake[0]);
   close(h->wake[1]);
+  free(h->bufs);
   free(h);
 }

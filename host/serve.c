@@ -1,7 +1,7 @@
 /* `vitrine serve`: options (flags and VITRINE_* environment variables), loading, warm-up, the
  * gRPC server, the metrics endpoint, and the lifecycle driven by signals on the main thread:
- * SIGHUP (or, with --watch-catalog-ms, a change of the catalogue's files or its rules.txt) reloads
- * the catalogue and its rules together;
+ * SIGHUP (or, with --watch-catalog-ms, a change of the catalogue's files or its rules.txt, or a
+ * deny on the review page of --review-listen) reloads the catalogue and its rules together;
  * SIGTERM/SIGINT linger (health NOT_SERVING, still answering), then drain and exit 0. */
 #include "serve.h"
 
@@ -10,6 +10,7 @@
 #include <limits.h>
 #include <math.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +24,7 @@
 #include "catalog.h"
 #include "metrics.h"
 #include "device.h"
+#include "review.h"
 #include "rules.h"
 #include "sched.h"
 #include "server.h"
@@ -38,7 +40,7 @@ enum {
   O_BUNDLE, O_CATALOG, O_LISTEN, O_METRICS, O_WORKERS, O_CQ, O_BATCH, O_DELAY, O_CAPACITY,
   O_MAXQ, O_EVENTS, O_MSG, O_DRAIN, O_LINGER, O_LOGFMT, O_LOGREQ, O_CDELAY, O_DEVICE, O_GRAPHS,
   O_TLS_CERT, O_TLS_KEY, O_TLS_CA, O_WATCH, O_MAXAGE, O_AUDIT, O_AUDIT_SAMPLE, O_AUDIT_MAX,
-  O_AUDIT_KEEP, O_AUDIT_RING, O_AUDIT_RAW, O_AUDIT_SALT, O_N
+  O_AUDIT_KEEP, O_AUDIT_RING, O_AUDIT_RAW, O_AUDIT_SALT, O_REVIEW, O_N
 };
 
 static opt OPTS[O_N] = {
@@ -131,6 +133,11 @@ static opt OPTS[O_N] = {
                       "audit log: the key of the shopper id hash (HMAC-SHA256), so hashes match "
                       "across restarts and replicas; unset: random per process (prefer the "
                       "variable, from a Secret)", NULL, 0, 0, 0},
+    [O_REVIEW] = {"--review-listen", "VITRINE_REVIEW_LISTEN", "IPV4:PORT|off",
+                  "the review page (docs/SERVER.md): the audit log's newest storefronts, and "
+                  "buttons that append deny rules to the catalogue's rules.txt and reload it "
+                  "(needs --audit-log; bind it to loopback: it can change the rules)",
+                  "off", 0, 0, 0},
 };
 
 static void usage(FILE *f) {
@@ -155,6 +162,17 @@ static void usage(FILE *f) {
       fprintf(f, ", default %ld", o->ival);
     fputc('\n', f);
   }
+}
+
+static int split_addr(const char *a, char *h, size_t cap, int *port);
+
+/* An IPV4:PORT option (not "off") split into host and port; -1 after a message naming it. */
+static int listen_opt(int o, char *host, size_t cap, int *port) {
+  if (split_addr(OPTS[o].sval, host, cap, port) == 0)
+    return 0;
+  fprintf(stderr, "vitrine serve: %s must be IPV4:PORT or off, not '%s'\n", OPTS[o].flag,
+          OPTS[o].sval);
+  return -1;
 }
 
 static int set_opt(opt *o, const char *v, const char *from) {
@@ -240,6 +258,17 @@ static int parse_opts(int argc, char **argv) {
     fprintf(stderr, "vitrine serve: --audit-log needs a file (or off)\n");
     return -1;
   }
+  if (strcmp(OPTS[O_REVIEW].sval, "off") != 0) {
+    char host[64];
+    int port;
+    if (listen_opt(O_REVIEW, host, sizeof host, &port))
+      return -1;
+    if (strcmp(OPTS[O_AUDIT].sval, "off") == 0) {
+      fprintf(stderr, "vitrine serve: --review-listen needs --audit-log (the page shows the "
+                      "audit log's storefronts)\n");
+      return -1;
+    }
+  }
   const char *lf = OPTS[O_LOGFMT].sval;
   if (strcmp(lf, "text") && strcmp(lf, "json")) {
     fprintf(stderr, "vitrine serve: --log-format must be text or json, not '%s'\n", lf);
@@ -279,16 +308,37 @@ static int poll_signal(const sigset_t *sigs, int timeout_ms) {
 
 static void fmt_long(char *buf, size_t cap, long v) { snprintf(buf, cap, "%ld", v); }
 
-static int reload(vt_sched *s, vt_metrics *m, const vt_bundle *b, vt_model *const *models,
-                  int workers, const char *dir) {
-  vt_err err = {0};
+/* What a reload needs. The main thread reloads (SIGHUP, --watch-catalog-ms) and so does the review
+ * page's thread (a deny): mu serialises them, and the watcher's stamp with them. */
+typedef struct reloader {
+  pthread_mutex_t mu;
+  vt_sched *s;
+  vt_metrics *m;
+  const vt_bundle *b;
+  vt_model *const *models;
+  int workers;
+  const char *dir;
+  long watch_ms;
+  uint64_t stamp; /* catalog_stamp when the files were last read (with watch_ms) */
+} reloader;
+
+static uint64_t catalog_stamp(const char *dir);
+
+/* Loads the catalogue and its rules again and makes them current; rl->mu held. */
+static int reload(reloader *rl, vt_err *err) {
+  vt_sched *s = rl->s;
+  vt_metrics *m = rl->m;
+  const vt_bundle *b = rl->b;
+  const char *dir = rl->dir;
   vt_catalog *c = NULL;
   vt_gen *g = NULL;
   int64_t t0 = vt_now_ns();
-  if (vt_catalog_load(&c, dir, b, &err) ||
-      vt_gen_create(&g, b, models, workers, c, 0, (int)OPTS[O_GRAPHS].ival, &err)) {
+  if (rl->watch_ms)
+    rl->stamp = catalog_stamp(dir); /* before it reads them */
+  if (vt_catalog_load(&c, dir, b, err) ||
+      vt_gen_create(&g, b, rl->models, rl->workers, c, 0, (int)OPTS[O_GRAPHS].ival, err)) {
     vt_metrics_reload(m, 0);
-    vt_log("error", "reload_failed", "catalog", dir, "error", err.msg, NULL);
+    vt_log("error", "reload_failed", "catalog", dir, "error", err->msg, NULL);
     return -1;
   }
   char ms[32], version[160], rules[VT_RULES_VERSION_MAX + 1];
@@ -301,6 +351,40 @@ static int reload(vt_sched *s, vt_metrics *m, const vt_bundle *b, vt_model *cons
   vt_log("info", "reloaded", "catalog", dir, "catalog_version", version, "rules_version", rules,
          "ms", ms, NULL);
   return 0;
+}
+
+static void reload_locked(reloader *rl) {
+  vt_err err = {0};
+  pthread_mutex_lock(&rl->mu);
+  reload(rl, &err);
+  pthread_mutex_unlock(&rl->mu);
+}
+
+/* The review page's deny (vt_review_apply_fn): the line, then the reload, under the lock. */
+static int review_apply(void *arg, const char *kind, const char *value, const char *comment,
+                        int *line_no, char *version, size_t cap, vt_err *err) {
+  reloader *rl = arg;
+  pthread_mutex_lock(&rl->mu);
+  vt_gen *g = vt_sched_gen(rl->s);
+  int rc = vt_review_append(rl->dir, kind, value, comment, rl->b, g->c, line_no, err);
+  vt_gen_unref(g);
+  if (rc == 0) {
+    char line[16];
+    fmt_long(line, sizeof line, *line_no);
+    vt_log("info", "review_deny", "kind", kind, "value", value, "rules_line", line, "by",
+           comment, NULL);
+    if (reload(rl, err)) {
+      rc = VT_REVIEW_RELOAD_FAILED;
+    } else {
+      g = vt_sched_gen(rl->s);
+      snprintf(version, cap, "%s", vt_rules_version(g->c->rules));
+      vt_gen_unref(g);
+    }
+  } else {
+    vt_log("warn", "review_deny_refused", "kind", kind, "value", value, "error", err->msg, NULL);
+  }
+  pthread_mutex_unlock(&rl->mu);
+  return rc;
 }
 
 /* Splits "host:port" at the last ':'; host is copied into h. */
@@ -418,6 +502,10 @@ int vt_serve_main(int argc, char **argv) {
   vt_sched *s = NULL;
   vt_server *srv = NULL;
   vt_audit *audit = NULL;
+  vt_review *review = NULL;
+  reloader rl;
+  memset(&rl, 0, sizeof rl);
+  pthread_mutex_init(&rl.mu, NULL);
   int status = 2, metrics_port = -1, grpc_port = -1;
   vt_metrics *m = vt_metrics_create();
   if (!m) {
@@ -429,11 +517,8 @@ int vt_serve_main(int argc, char **argv) {
   if (strcmp(OPTS[O_METRICS].sval, "off") != 0) {
     char host[256];
     int port;
-    if (split_addr(OPTS[O_METRICS].sval, host, sizeof host, &port)) {
-      fprintf(stderr, "vitrine serve: --metrics-listen must be IPV4:PORT or off, not '%s'\n",
-              OPTS[O_METRICS].sval);
+    if (listen_opt(O_METRICS, host, sizeof host, &port))
       goto done;
-    }
     if (vt_metrics_listen(m, host, port, &metrics_port, &err)) {
       vt_log("error", "start_failed", "error", err.msg, NULL);
       status = 1;
@@ -507,7 +592,9 @@ int vt_serve_main(int argc, char **argv) {
   /* the files as they are before they are read: a change from here on (even one made while
    * loading, or right after `serving`) is seen by the first look of --watch-catalog-ms */
   const long watch_ms = OPTS[O_WATCH].ival;
-  uint64_t stamp = watch_ms ? catalog_stamp(OPTS[O_CATALOG].sval) : 0;
+  rl.watch_ms = watch_ms;
+  rl.dir = OPTS[O_CATALOG].sval;
+  rl.stamp = watch_ms ? catalog_stamp(rl.dir) : 0;
   if (vt_bundle_load(&b, OPTS[O_BUNDLE].sval, &err) ||
       vt_catalog_load(&c, OPTS[O_CATALOG].sval, b, &err)) {
     vt_log("error", "load_failed", "error", err.msg, NULL);
@@ -567,6 +654,32 @@ int vt_serve_main(int argc, char **argv) {
     goto done;
   }
   g = NULL;
+  rl.s = s;
+  rl.m = m;
+  rl.b = b;
+  rl.models = models;
+  rl.workers = workers;
+  if (strcmp(OPTS[O_REVIEW].sval, "off") != 0) {
+    char host[64], rp[16];
+    int port = 0, bound = 0;
+    split_addr(OPTS[O_REVIEW].sval, host, sizeof host, &port); /* checked by parse_opts */
+    const vt_review_opts ro = {.host = host,
+                               .port = port,
+                               .audit_path = OPTS[O_AUDIT].sval,
+                               .catalog_dir = rl.dir,
+                               .b = b,
+                               .s = s,
+                               .apply = review_apply,
+                               .arg = &rl};
+    if (vt_review_start(&review, &ro, &bound, &err)) {
+      vt_log("error", "start_failed", "error", err.msg, NULL);
+      status = 1;
+      goto done;
+    }
+    fmt_long(rp, sizeof rp, bound);
+    vt_log("info", "review_page", "review_port", rp, "audit_log", OPTS[O_AUDIT].sval, "rules",
+           rl.dir, NULL);
+  }
   vt_server_attach(srv, s);
   vt_server_set_serving(srv);
   {
@@ -585,30 +698,33 @@ int vt_serve_main(int argc, char **argv) {
   for (;;) {
     sig = poll_signal(&sigs, 100);
     if (sig == SIGHUP) {
-      stamp = watch_ms ? catalog_stamp(OPTS[O_CATALOG].sval) : 0; /* before it reads them */
-      reload(s, m, b, models, workers, OPTS[O_CATALOG].sval);
+      reload_locked(&rl);
       continue;
     }
     if (sig)
       break;
     if (watch_ms && vt_now_ns() >= next_look) {
       next_look = vt_now_ns() + watch_ms * 1000000;
-      uint64_t now_stamp = catalog_stamp(OPTS[O_CATALOG].sval);
-      if (now_stamp != stamp) {
+      pthread_mutex_lock(&rl.mu); /* a deny on the review page reloads (and stamps) too */
+      uint64_t now_stamp = catalog_stamp(rl.dir);
+      if (now_stamp != rl.stamp) {
         /* a change: reload once it has settled (two looks 50 ms apart agree), so a copy in
          * progress is not taken; a broken catalogue is refused and the old one kept, and it is
          * tried again only when the files change again */
         struct timespec settle = {0, 50 * 1000000};
         nanosleep(&settle, NULL);
-        uint64_t again = catalog_stamp(OPTS[O_CATALOG].sval);
+        uint64_t again = catalog_stamp(rl.dir);
         if (again == now_stamp) {
-          vt_log("info", "catalog_changed", "catalog", OPTS[O_CATALOG].sval, NULL);
-          reload(s, m, b, models, workers, OPTS[O_CATALOG].sval);
-          stamp = again;
+          vt_log("info", "catalog_changed", "catalog", rl.dir, NULL);
+          vt_err rerr = {0};
+          reload(&rl, &rerr); /* stamps the files as it reads them */
         }
       }
+      pthread_mutex_unlock(&rl.mu);
     }
   }
+  vt_review_stop(review); /* no deny (hence no reload) from here on */
+  review = NULL;
   const char *signame = sig == SIGINT ? "SIGINT" : "SIGTERM";
   /* linger: health NOT_SERVING at once, calls still answered, so balancers and endpoint lists
    * catch up before anything is refused; a second SIGTERM/SIGINT ends it */
@@ -623,7 +739,7 @@ int vt_serve_main(int argc, char **argv) {
       if (again == SIGTERM || again == SIGINT)
         break; /* to the drain; one more stops waiting for the queue */
       if (again == SIGHUP)
-        reload(s, m, b, models, workers, OPTS[O_CATALOG].sval);
+        reload_locked(&rl);
     }
   }
   /* drain: NOT_SERVING, refuse new calls, let accepted ones finish */
@@ -655,6 +771,7 @@ int vt_serve_main(int argc, char **argv) {
          forced ? "true" : "false", "abandoned", inq, NULL);
   status = 0;
 done:
+  vt_review_stop(review);
   if (srv) {
     vt_server_drain(srv);
     vt_server_detach(srv);
@@ -667,5 +784,6 @@ done:
     vt_model_free(models[i]);
   vt_metrics_free(m);
   vt_bundle_free(b);
+  pthread_mutex_destroy(&rl.mu);
   return status;
 }

@@ -14,6 +14,7 @@ PKGS=(
   protobuf-compiler python3-grpcio python3-protobuf python3-prometheus-client  # server tests, demo
   python3-matplotlib                 # bench/plot.py (its test is in make test)
   python3-yaml                       # tests/deploy: reads the rendered Kubernetes manifests
+  chromium chromium-driver python3-selenium  # tests/server/test_review.py: the review page in a headless browser
 )
 missing=()
 for p in "${PKGS[@]}"; do
