@@ -7,7 +7,7 @@ REQUEST ?= train/demo_request.json
 MODEL_SRC := train/shop.py train/model.py train/data.py train/vocab.py train/calendar.py train/train.py
 
 .PHONY: all deps configure build demo test bundle bundle-scale golden eval parity bench-cpu \
-	check-asan check-valgrind beauty-eval bench-serve bench-sweep gpu-pack fuzz soak clean
+	check-asan check-valgrind beauty-eval bench-serve bench-sweep gpu-pack fuzz soak audit clean
 
 all: build
 
@@ -96,6 +96,29 @@ bench-serve: build bundle
 BEAUTY_DATA ?= ../shared/data/amazon-beauty
 beauty-eval: build
 	scripts/beauty.sh $(BEAUTY_DATA)
+
+# the bias and exposure audit (train/audit.py, docs/AUDIT.md): the demo's test shoppers answered
+# by the C engine at each calibration strength beside the co-occurrence and popularity baselines;
+# tables in $(DEMO)/audit.md. Then Amazon Beauty where its data and a Beauty system (bundle/,
+# catalog/, ranker.json; with its test shop and baselines.json: scripts/beauty.sh makes them) are
+# there, else skipped with the reason. AUDIT_ARGS adds options (e.g. --limit 2000)
+AUDIT_STRENGTHS ?= 0,0.1,0.3,0.5,0.9,0.99,1
+AUDIT_ARGS ?=
+BEAUTY_SYSTEM ?= $(BUILD)/beauty/systems/student
+BEAUTY_SHOP ?= $(BUILD)/beauty/shop.json
+BEAUTY_BASELINES ?= $(BUILD)/beauty/baselines.json
+audit: build bundle
+	$(PY) -m train.audit --shop $(DEMO)/shop.json --bundle $(DEMO)/bundle --catalog $(DEMO)/catalog \
+	  --ranker $(DEMO)/models/student-ranker.json --vitrine $(BUILD)/vitrine \
+	  --strengths $(AUDIT_STRENGTHS) --out $(DEMO)/audit.json --markdown $(DEMO)/audit.md $(AUDIT_ARGS)
+	@if [ ! -d "$(BEAUTY_DATA)" ]; then echo "audit: Beauty skipped: no $(BEAUTY_DATA)"; \
+	elif [ ! -f "$(BEAUTY_SYSTEM)/bundle/manifest.json" ]; then \
+	  echo "audit: Beauty skipped: no $(BEAUTY_SYSTEM)/bundle (make beauty-eval builds it)"; \
+	else $(PY) -m train.audit --shop $(BEAUTY_SHOP) --bundle $(BEAUTY_SYSTEM)/bundle \
+	  --catalog $(BEAUTY_SYSTEM)/catalog --ranker $(BEAUTY_SYSTEM)/ranker.json \
+	  --vitrine $(BUILD)/vitrine --beauty-data $(BEAUTY_DATA) --strengths $(AUDIT_STRENGTHS) \
+	  --cooc $$($(PY) -c "import json; p = json.load(open('$(BEAUTY_BASELINES)'))['systems']['cooccurrence']['params']; print('%d,%g,%s' % (p['window'], p['decay'], p['direction']))") \
+	  --out $(BEAUTY_SYSTEM)/audit.json --markdown $(BEAUTY_SYSTEM)/audit.md $(AUDIT_ARGS); fi
 
 # the C tests under AddressSanitizer + UndefinedBehaviorSanitizer (a separate build tree), the
 # CUDA emulator's (*_emu: every CUDA op and the whole cascade on an emulated device) included; any
