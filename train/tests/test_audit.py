@@ -82,3 +82,18 @@ def test_reference_calibration_by_hand():
     c.page, c.n_page = [2, 1] + [0] * 254, 3
     kl = c.table()
     assert kl[0] < kl[1] and kl[2] == pytest.approx(kl[3])  # 2, 3: outside p, the same
+
+
+def test_bundle_reader_refuses_bad_calibration(tmp_path):
+    from train.bundle import BundleError, _check_calibration
+    cfg = type("Cfg", (), {"codebook": 64})()
+    for ok in (0, 0.0, 0.5, 1):
+        _check_calibration({"ranker": {"calibration": ok}}, cfg, "m.json")
+    _check_calibration({}, cfg, "m.json")
+    for bad in (1.5, -0.1, "0.5", True):
+        with pytest.raises(BundleError, match="m.json: ranker.calibration must be in 0..1"):
+            _check_calibration({"ranker": {"calibration": bad}}, cfg, "m.json")
+    big = type("Cfg", (), {"codebook": 512})()
+    _check_calibration({"ranker": {"calibration": 0}}, big, "m.json")
+    with pytest.raises(BundleError, match="at most 256"):
+        _check_calibration({"ranker": {"calibration": 0.5}}, big, "m.json")
