@@ -32,7 +32,8 @@ Numbers (per system):
 - segments: region; activity (the terciles of the history's product count over the test users);
   new (fewer than 3 products in the history) or returning; on Beauty, the user's dominant
   top-level category.
-R@10 and N@10 on the held-out purchase (leave-one-out on Beauty).
+R@10 and N@10 on the held-out purchase (leave-one-out on Beauty). Without --bundle the baselines
+only (the data's categories; no code0 grouping, no trade-off).
 
 --log FILE: the storefronts a server wrote to its audit log (docs/SERVER.md): coverage, Gini and
 the top-1% share over every logged page's products, overall and by the record's region and
@@ -252,18 +253,18 @@ def _f(x, d=4):
 
 def markdown(res):
     """The audit table (systems) and the trade-off table (strengths)."""
-    g0 = res["groupings"][0]
+    g0, gs = res["groupings"][0], res["groupings"]
     lines = ["Audit (%s; %d test users; list = the %d products R@10 scores; KL grouping: %s)"
-             % (res["shop"], res["users"], K, ", ".join(res["groupings"])), "",
+             % (res["shop"], res["users"], K, ", ".join(gs)), "",
              "| system | R@10 | N@10 | coverage | exposure Gini | top-1%% exposure (interactions "
-             "%.3f) | mean KL (%s) | mean KL (%s) |"
-             % (res["top1_interaction_share"], res["groupings"][0], res["groupings"][-1]),
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "%.3f) | %s |" % (res["top1_interaction_share"],
+                               " | ".join("mean KL (%s)" % g for g in gs)),
+             "| --- " * (6 + len(gs)) + "|"]
     for name, s in res["systems"].items():
-        lines.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
+        lines.append("| %s | %s | %s | %s | %s | %s | %s |" % (
             name, _f(s["recall@10"]), _f(s["ndcg@10"]), _f(s["coverage"]), _f(s["gini"]),
-            _f(s["top1_exposure_share"]), _f(s["kl"][g0]["all"]["mean"]),
-            _f(s["kl"][res["groupings"][-1]]["all"]["mean"])))
+            _f(s["top1_exposure_share"]),
+            " | ".join(_f(s["kl"][g]["all"]["mean"]) for g in gs)))
     lines += ["", "Miscalibration by segment, mean KL (%s) [users]" % g0, ""]
     names = list(res["systems"])
     lines += ["| segment | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
@@ -275,14 +276,13 @@ def markdown(res):
             lines.append("| %s: %s [%d] | %s |" % (kind, seg, v["users"], " | ".join(cells)))
     if res.get("tradeoff"):
         lines += ["", "Calibration trade-off (cascade, `vitrine batch --calibration L`)", "",
-                  "| L | R@10 | N@10 | coverage | Gini | top-1%% exposure | mean KL (%s) | mean KL "
-                  "(%s) |" % (res["groupings"][0], res["groupings"][-1]),
-                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "| L | R@10 | N@10 | coverage | Gini | top-1%% exposure | %s |"
+                  % " | ".join("mean KL (%s)" % g for g in gs), "| --- " * (6 + len(gs)) + "|"]
         for t in res["tradeoff"]:
-            lines.append("| %g | %s | %s | %s | %s | %s | %s | %s |" % (
+            lines.append("| %g | %s | %s | %s | %s | %s | %s |" % (
                 t["strength"], _f(t["recall@10"]), _f(t["ndcg@10"]), _f(t["coverage"]),
-                _f(t["gini"]), _f(t["top1_exposure_share"]), _f(t["kl"][g0]["all"]["mean"]),
-                _f(t["kl"][res["groupings"][-1]]["all"]["mean"])))
+                _f(t["gini"]), _f(t["top1_exposure_share"]),
+                " | ".join(_f(t["kl"][g]["all"]["mean"]) for g in gs)))
     return "\n".join(lines) + "\n"
 
 
@@ -294,11 +294,13 @@ def audit_requests(a, log):
     seqs = item_sequences(shop)
     interactions = exposure(seqs, n)  # the observed item events of each product
     pop = popularity_order(interactions)
-    model, tables, manifest = load_bundle(a.bundle)
-    catalog, _ = load_catalog(a.catalog, tables, model.cfg, manifest["model_version"])
-    index = {pid: i for i, pid in enumerate(catalog.ids)}
-    if [p["id"] for p in shop["products"]] != list(catalog.ids):
-        raise ValueError("%s: its products are not the catalogue's (%s)" % (a.shop, a.catalog))
+    catalog = None  # without a bundle: the baselines only
+    if a.bundle:
+        model, tables, manifest = load_bundle(a.bundle)
+        catalog, _ = load_catalog(a.catalog, tables, model.cfg, manifest["model_version"])
+        index = {pid: i for i, pid in enumerate(catalog.ids)}
+        if [p["id"] for p in shop["products"]] != list(catalog.ids):
+            raise ValueError("%s: its products are not the catalogue's (%s)" % (a.shop, a.catalog))
     shape = {"sections": 3, "keywords": 4, "products": 4, "ranking": "round-robin"}
     if a.ranker:
         with open(a.ranker) as f:
@@ -309,7 +311,8 @@ def audit_requests(a, log):
         groupings["category"] = data_cats
     else:
         groupings["theme"] = [p["theme"] for p in shop["products"]]
-    groupings["code0"] = [int(c[0]) for c in catalog.codes]
+    if catalog is not None:
+        groupings["code0"] = [int(c[0]) for c in catalog.codes]
     reqs, targets, users = test_users(shop, shape, a.limit, data_cats)
     hists = [u["hist"] for u in users]
     log("audit: %d users, shape %s" % (len(users), json.dumps(shape)))
@@ -330,7 +333,7 @@ def audit_requests(a, log):
     strengths = [float(x) for x in a.strengths.split(",")] if a.strengths else [0.0]
     if 0.0 not in strengths:
         strengths = [0.0] + strengths
-    for lam in strengths:
+    for lam in strengths if catalog is not None else []:
         sfs = run_batch(a.vitrine, a.bundle, a.catalog, reqs, lam)
         s = add("cascade (calibration %g)" % lam, cascade_lists(sfs, index, shape["ranking"], pop))
         if lam == 0.0:
@@ -388,8 +391,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--shop", help="the shop whose test shoppers make the requests")
     ap.add_argument("--log", help="an audit log of `vitrine serve` instead of requests")
-    ap.add_argument("--bundle", required=True)
-    ap.add_argument("--catalog", required=True)
+    ap.add_argument("--bundle", help="the cascade's bundle (without one, with --shop: the "
+                    "baselines only)")
+    ap.add_argument("--catalog")
     ap.add_argument("--ranker", help="train.tune's ranker.json: the page shape and ranking")
     ap.add_argument("--vitrine", default="build/vitrine")
     ap.add_argument("--strengths", default="0,0.1,0.3,0.5,0.9",
@@ -404,6 +408,8 @@ def main(argv=None):
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     if bool(a.shop) == bool(a.log):
         ap.error("give --shop (requests) or --log (an audit log), one of them")
+    if bool(a.bundle) != bool(a.catalog) or (a.log and not a.bundle):
+        ap.error("--bundle and --catalog go together (--log needs both)")
     try:
         res = audit_log(a, log) if a.log else audit_requests(a, log)
     except (OSError, ValueError, RuntimeError) as e:

@@ -32,7 +32,7 @@ def test_calibration_matches_python_reference(fixture_requests, tmp_path):
     from train.cascade import Cascade
     model, tables, manifest = load_bundle(f"{FIXTURE}/bundle")
     catalog, _ = load_catalog(f"{FIXTURE}/catalog", tables, model.cfg, manifest["model_version"])
-    reqs = fixture_requests[:24]
+    reqs = fixture_requests[:16]
     plain = _batch(reqs, tmp_path)
     assert _batch(reqs, tmp_path, "--calibration", "0") == plain  # off: today's page, exactly
     changed = 0
