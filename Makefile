@@ -119,18 +119,17 @@ audit-demo: build bundle
 audit-beauty: build
 	@if [ ! -f "$(BEAUTY_DATA)/items.csv.gz" ]; then echo "audit: Beauty skipped: no $(BEAUTY_DATA)"; \
 	elif [ ! -f "$(BEAUTY_SHOP)" ] || [ ! -f "$(BEAUTY_BASELINES)" ]; then \
-	  echo "audit: Beauty skipped: no $(BEAUTY_SHOP) or $(BEAUTY_BASELINES) (make beauty-eval makes them)"; \
-	else COOC=$$($(PY) -c "import json; p = json.load(open('$(BEAUTY_BASELINES)'))['systems']['cooccurrence']['params']; print('%d,%g,%s' % (p['window'], p['decay'], p['direction']))"); \
-	  if [ -f "$(BEAUTY_SYSTEM)/bundle/manifest.json" ]; then \
-	    SYS="--bundle $(BEAUTY_SYSTEM)/bundle --catalog $(BEAUTY_SYSTEM)/catalog --ranker $(BEAUTY_SYSTEM)/ranker.json"; \
-	  else echo "audit: Beauty: no $(BEAUTY_SYSTEM)/bundle, the baselines only"; SYS=""; fi; \
-	  mkdir -p $(BUILD)/beauty; \
-	  echo $(PY) -m train.audit --shop $(BEAUTY_SHOP) $$SYS --vitrine $(BUILD)/vitrine \
-	    --beauty-data $(BEAUTY_DATA) --strengths $(AUDIT_STRENGTHS) --cooc $$COOC \
-	    --out $(BUILD)/beauty/audit.json --markdown $(BUILD)/beauty/audit.md $(AUDIT_ARGS); \
+	  echo "audit: Beauty skipped: no $(BEAUTY_SHOP) or $(BEAUTY_BASELINES)" \
+	    "(make beauty-eval makes them)"; \
+	else S=$(BEAUTY_SYSTEM); \
+	  if [ -f "$$S/bundle/manifest.json" ]; then \
+	    SYS="--bundle $$S/bundle --catalog $$S/catalog --ranker $$S/ranker.json"; \
+	  else echo "audit: Beauty: no $$S/bundle, the baselines only"; SYS=""; fi; \
+	  mkdir -p $(BUILD)/beauty; set -x; \
 	  $(PY) -m train.audit --shop $(BEAUTY_SHOP) $$SYS --vitrine $(BUILD)/vitrine \
-	    --beauty-data $(BEAUTY_DATA) --strengths $(AUDIT_STRENGTHS) --cooc $$COOC \
-	    --out $(BUILD)/beauty/audit.json --markdown $(BUILD)/beauty/audit.md $(AUDIT_ARGS); fi
+	    --beauty-data $(BEAUTY_DATA) --strengths $(AUDIT_STRENGTHS) \
+	    --cooc-from $(BEAUTY_BASELINES) --out $(BUILD)/beauty/audit.json \
+	    --markdown $(BUILD)/beauty/audit.md $(AUDIT_ARGS); fi
 
 # the C tests under AddressSanitizer + UndefinedBehaviorSanitizer (a separate build tree), the
 # CUDA emulator's (*_emu: every CUDA op and the whole cascade on an emulated device) included; any

@@ -401,6 +401,8 @@ def main(argv=None):
     ap.add_argument("--limit", type=int, default=0, help="an even subsample of the test users")
     ap.add_argument("--cooc", default="8,0.8,forward", help="co-occurrence WINDOW,DECAY,DIRECTION "
                     "(train.evaluate's; Beauty: its baselines.json's tuned ones)")
+    ap.add_argument("--cooc-from", help="train.beauty's baselines.json: its tuned co-occurrence "
+                    "parameters instead of --cooc")
     ap.add_argument("--beauty-data", help="the amazon-beauty folder: categories from its items")
     ap.add_argument("--out", help="JSON results")
     ap.add_argument("--markdown", help="the tables as Markdown")
@@ -411,8 +413,12 @@ def main(argv=None):
     if bool(a.bundle) != bool(a.catalog) or (a.log and not a.bundle):
         ap.error("--bundle and --catalog go together (--log needs both)")
     try:
+        if a.cooc_from:
+            with open(a.cooc_from) as f:
+                p = json.load(f)["systems"]["cooccurrence"]["params"]
+            a.cooc = "%d,%r,%s" % (p["window"], float(p["decay"]), p["direction"])
         res = audit_log(a, log) if a.log else audit_requests(a, log)
-    except (OSError, ValueError, RuntimeError) as e:
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
         print("train.audit: %s" % e, file=sys.stderr)
         return 2
     if a.out:
