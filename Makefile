@@ -7,7 +7,8 @@ REQUEST ?= train/demo_request.json
 MODEL_SRC := train/shop.py train/model.py train/data.py train/vocab.py train/calendar.py train/train.py
 
 .PHONY: all deps configure build demo test bundle bundle-scale golden eval parity bench-cpu \
-	check-asan check-valgrind beauty-eval bench-serve bench-sweep gpu-pack fuzz soak clean
+	check-asan check-valgrind beauty-eval bench-serve bench-sweep gpu-pack fuzz soak audit audit-demo \
+	audit-beauty clean
 
 all: build
 
@@ -96,6 +97,39 @@ bench-serve: build bundle
 BEAUTY_DATA ?= ../shared/data/amazon-beauty
 beauty-eval: build
 	scripts/beauty.sh $(BEAUTY_DATA)
+
+# the bias and exposure audit (train/audit.py, docs/AUDIT.md): the demo's test shoppers answered
+# by the C engine at each calibration strength beside the co-occurrence and popularity baselines;
+# tables in $(DEMO)/audit.md. Then Amazon Beauty where its data, test shop and baselines.json are
+# (scripts/beauty.sh makes them; else skipped with the reason): the baselines, and the cascade
+# where a Beauty system is (bundle/, catalog/, ranker.json); tables in $(BUILD)/beauty/audit.md.
+# AUDIT_ARGS adds options (e.g. --limit 2000)
+AUDIT_STRENGTHS ?= 0,0.1,0.3,0.5,0.9,0.99,1
+AUDIT_ARGS ?=
+BEAUTY_SYSTEM ?= $(BUILD)/beauty/systems/student
+BEAUTY_SHOP ?= $(BUILD)/beauty/shop.json
+BEAUTY_BASELINES ?= $(BUILD)/beauty/baselines.json
+audit: audit-demo audit-beauty
+
+audit-demo: build bundle
+	$(PY) -m train.audit --shop $(DEMO)/shop.json --bundle $(DEMO)/bundle --catalog $(DEMO)/catalog \
+	  --ranker $(DEMO)/models/student-ranker.json --vitrine $(BUILD)/vitrine \
+	  --strengths $(AUDIT_STRENGTHS) --out $(DEMO)/audit.json --markdown $(DEMO)/audit.md $(AUDIT_ARGS)
+
+audit-beauty: build
+	@if [ ! -f "$(BEAUTY_DATA)/items.csv.gz" ]; then echo "audit: Beauty skipped: no $(BEAUTY_DATA)"; \
+	elif [ ! -f "$(BEAUTY_SHOP)" ] || [ ! -f "$(BEAUTY_BASELINES)" ]; then \
+	  echo "audit: Beauty skipped: no $(BEAUTY_SHOP) or $(BEAUTY_BASELINES)" \
+	    "(make beauty-eval makes them)"; \
+	else S=$(BEAUTY_SYSTEM); \
+	  if [ -f "$$S/bundle/manifest.json" ]; then \
+	    SYS="--bundle $$S/bundle --catalog $$S/catalog --ranker $$S/ranker.json"; \
+	  else echo "audit: Beauty: no $$S/bundle, the baselines only"; SYS=""; fi; \
+	  mkdir -p $(BUILD)/beauty; set -x; \
+	  $(PY) -m train.audit --shop $(BEAUTY_SHOP) $$SYS --vitrine $(BUILD)/vitrine \
+	    --beauty-data $(BEAUTY_DATA) --strengths $(AUDIT_STRENGTHS) \
+	    --cooc-from $(BEAUTY_BASELINES) --out $(BUILD)/beauty/audit.json \
+	    --markdown $(BUILD)/beauty/audit.md $(AUDIT_ARGS); fi
 
 # the C tests under AddressSanitizer + UndefinedBehaviorSanitizer (a separate build tree), the
 # CUDA emulator's (*_emu: every CUDA op and the whole cascade on an emulated device) included; any

@@ -2,6 +2,7 @@
  * tries, and the model weights. It accepts what train/bundle.py's load_bundle accepts and refuses
  * what it refuses, with the same kind of message: the file's path first, then the problem. */
 #include "bundle.h"
+#include "kernels/decode.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -357,15 +358,28 @@ static int parse_ints(const cJSON *m, const char *obj, const char *const *keys, 
   return 0;
 }
 
+int vt_bundle_check_calibration(const vt_bundle *b, float strength, vt_err *err) {
+  if (!(strength >= 0.0f && strength <= 1.0f))
+    return vt_fail(err, VT_EINVAL, "calibration must be in 0..1, not %g", (double)strength);
+  if (strength > 0.0f && b->cfg.codebook > VT_CALIB_CATEGORIES)
+    return vt_fail(err, VT_EINVAL,
+                   "calibration needs a codebook of at most %d entries (its categories are the "
+                   "first semantic code), not %d",
+                   VT_CALIB_CATEGORIES, b->cfg.codebook);
+  return 0;
+}
+
 static int parse_settings(vt_bundle *b, const cJSON *m, const char *mpath, vt_err *err) {
   static const char *const decode_keys[] = {"theme_beam", "keyword_beam", NULL};
   static const char *const limit_keys[] = {"max_sections", "max_keywords_per_section",
                                            "max_products_per_section", "max_query_bytes", NULL};
-  static const char *const rank_keys[] = {"again", "cooc", "popularity", "decay", NULL};
+  static const char *const rank_keys[] = {"again", "cooc", "popularity", "decay", "calibration",
+                                          NULL};
   int *const decode_vals[] = {&b->theme_beam, &b->keyword_beam};
   int *const limit_vals[] = {&b->max_sections, &b->max_keywords_per_section,
                              &b->max_products_per_section, &b->max_query_bytes};
-  float *const rank_vals[] = {&b->rank_again, &b->rank_cooc, &b->rank_popularity, &b->rank_decay};
+  float *const rank_vals[] = {&b->rank_again, &b->rank_cooc, &b->rank_popularity, &b->rank_decay,
+                              &b->rank_calibration};
   int rc;
 
   /* the defaults of train/cascade.py (THEME_BEAM, KEYWORD_BEAM, DEFAULT_RANKER) and
@@ -391,6 +405,9 @@ static int parse_settings(vt_bundle *b, const cJSON *m, const char *mpath, vt_er
       *rank_vals[i] = (float)j->valuedouble;
     }
   }
+  vt_err ce = {0};
+  if (vt_bundle_check_calibration(b, b->rank_calibration, &ce))
+    return vt_fail(err, VT_EFORMAT, "%s: ranker.%s", mpath, ce.msg);
   const cJSON *mv = vt_json_get(m, "model_version");
   if (!cJSON_IsString(mv)) return vt_fail(err, VT_EFORMAT, "%s: model_version is not a string", mpath);
   if (!(b->model_version = strdup(mv->valuestring)))

@@ -91,6 +91,7 @@ typedef struct vt_bundle {
   vt_config cfg;
   int theme_beam, keyword_beam;                         /* manifest "decode" */
   float rank_again, rank_cooc, rank_popularity, rank_decay; /* manifest "ranker" */
+  float rank_calibration; /* manifest ranker.calibration, 0..1 (kernels/calib.h); 0: off */
   int max_sections, max_keywords_per_section, max_products_per_section, max_query_bytes;
   int n_regions;
   vt_region *regions;
@@ -113,6 +114,10 @@ typedef struct vt_bundle {
 
 int vt_bundle_load(vt_bundle **out, const char *dir, vt_err *err);
 void vt_bundle_free(vt_bundle *b);
+
+/* 0 when `strength` can be the ranker's calibration with this bundle (0..1; above 0 the codebook
+ * must have at most VT_CALIB_CATEGORIES entries), else VT_EINVAL with the reason. */
+int vt_bundle_check_calibration(const vt_bundle *b, float strength, vt_err *err);
 
 /* Token id of a word (exact, case-sensitive, len bytes), or VT_TOK_UNK. */
 int vt_vocab_lookup(const vt_bundle *b, const char *word, size_t len);

@@ -358,8 +358,8 @@ static void rules_layout(const vt_catalog *c, int n_keywords, lay *l, lay *h, vt
 static size_t shelf_layout(const vt_catalog *c, int n_keywords, char *base, char *host,
                            vt_shelf *s, vt_trie_csr *tt, vt_trie_csr *kt, vt_theme_rules *tr) {
   const size_t P = (size_t)c->n_products, R = (size_t)c->d_retrieval;
-  const void *src[] = {c->kw_off, c->kw_prod, c->stock,   c->regions, c->seasons,
-                       c->emb,    c->log_pop, c->rel_off, c->rel_idx, c->rel_w};
+  const void *src[] = {c->kw_off, c->kw_prod, c->stock,   c->regions, c->seasons, c->emb,
+                       c->log_pop, c->rel_off, c->rel_idx, c->rel_w,   c->codes};
   const size_t bytes[] = {((size_t)n_keywords + 1) * 4,
                           (size_t)c->kw_off[n_keywords] * 4,
                           P * 4,
@@ -369,10 +369,11 @@ static size_t shelf_layout(const vt_catalog *c, int n_keywords, char *base, char
                           P * 4,
                           (P + 1) * 4,
                           (size_t)c->rel_off[P] * 4,
-                          (size_t)c->rel_off[P] * 4};
-  void *dst[10];
+                          (size_t)c->rel_off[P] * 4,
+                          P * (size_t)c->code_levels * 4};
+  void *dst[11];
   lay l = {base, 0}, h = {host, 0};
-  for (int k = 0; k < 10; k++) {
+  for (int k = 0; k < 11; k++) {
     dst[k] = take(&l, bytes[k]);
     void *hp = take(&h, bytes[k]);
     if (host && bytes[k])
@@ -390,7 +391,9 @@ static size_t shelf_layout(const vt_catalog *c, int n_keywords, char *base, char
                     .log_pop = dst[6],
                     .rel_off = dst[7],
                     .rel_idx = dst[8],
-                    .rel_w = dst[9]};
+                    .rel_w = dst[9],
+                    .codes = dst[10],
+                    .code_levels = c->code_levels};
   rules_layout(c, n_keywords, &l, &h, s, tt, kt, tr);
   return l.off;
 }
@@ -450,7 +453,9 @@ static int engine_new(vt_engine **out, vt_model *m, const vt_catalog *c, vt_err 
                         .rel_idx = c->rel_idx,
                         .rel_w = c->rel_w,
                         .kw_block = c->rules ? c->rules->kw_block : NULL,
-                        .prod_block = c->rules ? c->rules->prod_block : NULL};
+                        .prod_block = c->rules ? c->rules->prod_block : NULL,
+                        .codes = c->codes,
+                        .code_levels = c->code_levels};
   /* the rules' pruned tries where they prune (host copies: a device engine moves them), else
    * the model's */
   const vt_rules *r = c->rules;
@@ -1082,7 +1087,8 @@ static int decode_and_page(vt_engine *e, const dims *d, const bufs *u, float *fi
   OP(be->copy(be, u->counts + 1, u->rows[which].n, sizeof(int32_t)), "copy");
   const int timed = e->profiling || be->host_memory;
   const double t0 = timed ? now_ns() : 0;
-  const vt_ranker rk = {b->rank_again, b->rank_cooc, b->rank_popularity, b->rank_decay};
+  const vt_ranker rk = {b->rank_again, b->rank_cooc, b->rank_popularity, b->rank_decay,
+                        b->rank_calibration};
   e->page_dirty = 1;
   OP(be->page_assemble(be, u->out, u->req, u->hist, u->excl, u->user, u->g2, e->shelf, rk,
                        d->Bc, d->max_cands, e->page_scratch),

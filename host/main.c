@@ -2,6 +2,7 @@
  *
  *   vitrine recommend --bundle DIR --catalog DIR --request FILE|- [--pretty]
  *   vitrine batch     --bundle DIR --catalog DIR --requests FILE|- [--batch N]
+ *   (both: [--calibration L], overriding the bundle's ranker.calibration; docs/AUDIT.md)
  *   vitrine info      --bundle DIR --catalog DIR
  *   vitrine tokenize  --bundle DIR   (JSON strings in, one per line; their token ids out)
  *
@@ -25,6 +26,7 @@ static void usage(FILE *f) {
         "                         [--device cpu|cuda:N]\n"
         "       vitrine batch --bundle DIR --catalog DIR --requests FILE|- [--batch N]\n"
         "                     [--device cpu|cuda:N]\n"
+        "       (recommend and batch: [--calibration L], 0..1, instead of the bundle's)\n"
         "       vitrine info --bundle DIR --catalog DIR\n"
         "       vitrine tokenize --bundle DIR < strings.jsonl\n"
         "       vitrine serve --bundle DIR --catalog DIR [options]  (vitrine serve --help)\n"
@@ -38,6 +40,8 @@ static void usage(FILE *f) {
         "  tokenize   one JSON string per input line (a search query); prints its token ids\n"
         "             as a JSON list, as the engine reads the query (docs/SERVER.md)\n"
         "  --device   where recommend and batch run the cascade (default cpu; docs/DEVICE.md)\n"
+        "  --calibration  the ranker's calibrated re-ranking strength, 0 (off) .. 1, instead of\n"
+        "             the bundle manifest's ranker.calibration (docs/AUDIT.md)\n"
         "  serve      the gRPC server (docs/SERVER.md)\n",
         f);
 }
@@ -232,6 +236,7 @@ int main(int argc, char **argv) {
   const char *cmd = argv[1], *bundle_dir = NULL, *catalog_dir = NULL, *request = NULL;
   const char *device = "cpu";
   int pretty = 0, batch = 64;
+  const char *calibration = NULL;
   for (int i = 2; i < argc; i++) {
     if (strcmp(argv[i], "--bundle") == 0 && i + 1 < argc)
       bundle_dir = argv[++i];
@@ -251,7 +256,9 @@ int main(int argc, char **argv) {
         return 2;
       }
       batch = (int)v;
-    } else if (strcmp(argv[i], "--pretty") == 0)
+    } else if (strcmp(argv[i], "--calibration") == 0 && i + 1 < argc)
+      calibration = argv[++i];
+    else if (strcmp(argv[i], "--pretty") == 0)
       pretty = 1;
     else {
       fprintf(stderr, "vitrine: unknown or incomplete argument '%s'\n", argv[i]);
@@ -291,8 +298,21 @@ int main(int argc, char **argv) {
   vt_catalog *c = NULL;
   vt_engine *e = NULL;
   int status = 2;
-  if (vt_bundle_load(&b, bundle_dir, &err) || vt_catalog_load(&c, catalog_dir, b, &err) ||
-      vt_engine_create_on(&e, b, c, device, &err)) {
+  if (vt_bundle_load(&b, bundle_dir, &err)) {
+    fprintf(stderr, "vitrine: %s\n", err.msg);
+    goto done;
+  }
+  if (calibration) {
+    char *end;
+    const float v = strtof(calibration, &end);
+    if (*end || end == calibration || vt_bundle_check_calibration(b, v, &err)) {
+      fprintf(stderr, "vitrine: --calibration: %s\n",
+              *end || end == calibration ? "not a number" : err.msg);
+      goto done;
+    }
+    b->rank_calibration = v;
+  }
+  if (vt_catalog_load(&c, catalog_dir, b, &err) || vt_engine_create_on(&e, b, c, device, &err)) {
     fprintf(stderr, "vitrine: %s\n", err.msg);
     goto done;
   }

@@ -187,12 +187,24 @@ typedef struct vt_shelf {
    * keyword k / product p is not shown in region r during season s */
   const uint32_t *kw_block;   /* (n_keywords * 4) */
   const uint32_t *prod_block; /* (P * 4) */
+  /* the products' semantic codes (P, code_levels), read by the ranker's calibration only (NULL:
+   * none, calibration off): a product's category is codes[p * code_levels] */
+  const int32_t *codes;
+  int code_levels;
 } vt_shelf;
 
-/* The ranker's weights (manifest "ranker"). */
+/* The ranker's weights (manifest "ranker"). calibration in [0, 1]: 0 is the plain top-k below;
+ * above 0 a section's products are picked greedily (Steck's calibrated recommendations, see
+ * vt_page_assemble) so the page's categories follow the history's; it needs shelf.codes. */
 typedef struct vt_ranker {
   float again, cooc, popularity, decay;
+  float calibration;
 } vt_ranker;
+
+/* Calibration: categories are the products' first semantic code (a codebook of at most this
+ * many entries), the history's distribution is smoothed into the page's with this weight. */
+#define VT_CALIB_CATEGORIES 256
+#define VT_CALIB_ALPHA 0.01
 
 /* Per request i < B and section s < out[i].n_sections, in order: the section's best `keywords`
  * finished keywords of group group0 + s (score, then lower phrase id) that shelf.kw_block does not
@@ -202,8 +214,14 @@ typedef struct vt_ranker {
  *   user[i] . emb[p] + again * again_p + cooc * cooc_p + popularity * log_pop[p]
  * (again_p, cooc_p: decayed counts of p and of its related products in the history, newest
  * first); products already shown in an earlier section of the page skipped; the best `products`
- * by score, then lower product id. user (B, R). max_cands: the most products one section's
- * keywords can retrieve. scratch: vt_page_scratch(P, max_cands, B) bytes. */
+ * by score, then lower product id. With rk.calibration l > 0 and a history with products, the
+ * `products` are instead taken one at a time (Steck 2018, greedy): the candidate maximising
+ *   (1 - l) * score - l * KL(p || (1 - a) q + a p)   (in double; ties: the lower product id)
+ * where p is the distribution of the history's products' categories (counts), q that of the
+ * products on the page so far with the candidate added, a = VT_CALIB_ALPHA, the sum over p's
+ * categories in ascending order (kernels/calib.h); the products keep their scores. user (B, R).
+ * max_cands: the most products one section's keywords can retrieve. scratch:
+ * vt_page_scratch(P, max_cands, B) bytes. */
 size_t vt_page_scratch(int P, int max_cands, int B);
 void vt_page_assemble(vt_storefront *out, const vt_page_req *req, const int32_t *hist,
                       const int32_t *excl, const float *user, vt_beam_groups g2, vt_shelf shelf,

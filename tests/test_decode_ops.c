@@ -669,9 +669,20 @@ static void page_case(vt_backend *be, int seed) {
     for (int k = 0; k < P * 4; k++)
       prod_block[k] = rint_(3) == 0 ? (uint32_t)(1 + rint_(3)) : 0u;
   }
-  vt_shelf hs = {P, R, kw_off, kw_prod, stock, regions, seasons, emb, log_pop, rel_off, rel_idx,
-                 rel_w, kw_block, prod_block};
-  const vt_ranker rk = {1.5f, 0.75f, 0.25f, 0.5f};
+  /* seeds 4..7 of every 8: the ranker's calibration on (kernels/calib.h), products in a few
+   * categories (their first code) so that pages and histories share some; drawn last as well */
+  const int L = 2;
+  int32_t *codes = NULL;
+  float calibration = 0.0f;
+  if (seed % 8 >= 4) {
+    codes = xcalloc((size_t)P * L, 4);
+    for (int k = 0; k < P * L; k++)
+      codes[k] = rint_(k % L ? VT_CALIB_CATEGORIES : 5);
+    calibration = (float)(1 + rint_(8)) / 8.0f; /* 1/8 .. 1: pure calibration included */
+  }
+  vt_shelf hs = {P,       R,       kw_off,  kw_prod,  stock,      regions, seasons, emb,
+                 log_pop, rel_off, rel_idx, rel_w,    kw_block,   prod_block, codes, L};
+  const vt_ranker rk = {1.5f, 0.75f, 0.25f, 0.5f, calibration};
   int max_cands = 0;
   for (int k = 0; k < NK; k++)
     max_cands = kw_off[k + 1] - kw_off[k] > max_cands ? kw_off[k + 1] - kw_off[k] : max_cands;
@@ -696,7 +707,9 @@ static void page_case(vt_backend *be, int seed) {
                  dput(&m, rel_idx, (size_t)rel_off[P] * 4),
                  dput(&m, rel_w, (size_t)rel_off[P] * 4),
                  kw_block ? dput(&m, kw_block, (size_t)NK * 16) : NULL,
-                 prod_block ? dput(&m, prod_block, (size_t)P * 16) : NULL};
+                 prod_block ? dput(&m, prod_block, (size_t)P * 16) : NULL,
+                 codes ? dput(&m, codes, (size_t)P * L * 4) : NULL,
+                 L};
   vt_storefront *dout = dput(&m, got, (size_t)B * sizeof *got);
   void *dscr = dput(&m, zero, sb);
   const vt_page_req *dreq = dput(&m, req, (size_t)B * sizeof *req);
@@ -756,6 +769,60 @@ static void page_case(vt_backend *be, int seed) {
   free(zero), free(hscr), free(out), free(got), free(req), free(hist), free(excl);
   free(user), free(kw_off), free(kw_prod), free(stock), free(rel_off), free(rel_idx), free(regions);
   free(seasons), free(emb), free(log_pop), free(rel_w), free(kw_block), free(prod_block);
+  free(codes);
 }
 
 ON_BOTH(page, page_case, 24)
+
+/* The calibration on a hand-built page (kernels/calib.h): six products of one keyword scored 6 ..
+ * 1, the first three of category 1, the last three of category 0; the history one product of
+ * category 0; a section of three. Worked by hand with a = 0.01:
+ *   strength 0: the top three by score, 0 1 2 (all category 1);
+ *   strength 1: only KL counts: category 0 costs 0 and category 1 log(100), so 3 4 5;
+ *   strength 0.5: pick 1: 3 (0.5 * 3 - 0 beats 0.5 * 6 - 0.5 log 100); pick 2: 0 (0.5 * 6 -
+ *   0.5 log(1 / 0.505) beats 0.5 * 2); pick 3: 1 (0.5 * 5 - 0.5 log(1 / 0.34) beats 0.5 * 2 -
+ *   0.5 log(1 / 0.67)), so 3 0 1.
+ * Without a history the page is the plain one at any strength. The scores are the products'. */
+static void calib_page(int32_t *got, int n_hist, float strength) {
+  int32_t kw_off[2] = {0, 6}, kw_prod[6] = {0, 1, 2, 3, 4, 5}, stock[6] = {1, 1, 1, 1, 1, 1};
+  int32_t rel_off[7] = {0}, rel_idx[1] = {0}, codes[12] = {1, 7, 1, 8, 1, 9, 0, 7, 0, 8, 0, 9};
+  uint32_t regions[6] = {1, 1, 1, 1, 1, 1};
+  uint8_t seasons[6] = {15, 15, 15, 15, 15, 15};
+  float emb[6] = {6, 5, 4, 3, 2, 1}, log_pop[6] = {0}, rel_w[1] = {0}, user[1] = {1};
+  int32_t hist[1] = {4}, excl[1] = {0};
+  vt_shelf sh = {6,       1,       kw_off,  kw_prod, stock, regions, seasons, emb,
+                 log_pop, rel_off, rel_idx, rel_w,   NULL,  NULL,    codes,   2};
+  const vt_ranker rk = {0.0f, 0.0f, 0.0f, 0.8f, strength};
+  vt_page_req req = {.sections = 1, .keywords = 1, .products = 3, .hist0 = 0, .n_hist = n_hist};
+  state s2;
+  state_alloc(&s2, 1, 1, 4, 1, 1, 0);
+  s2.g.n_fin[0] = 1;
+  s2.g.fin_phrase[0] = 0;
+  s2.g.fin_score[0] = -1.0f;
+  vt_storefront out = {.n_sections = 1};
+  void *scr = xcalloc(vt_page_scratch(6, 6, 1), 1);
+  vt_page_assemble(&out, &req, hist, excl, user, s2.g, sh, rk, 1, 6, scr);
+  cr_assert_eq(out.sections[0].n_products, 3);
+  for (int k = 0; k < 3; k++) {
+    got[k] = out.sections[0].products[k].product;
+    cr_assert_eq(out.sections[0].products[k].score, emb[got[k]], "the product keeps its score");
+  }
+  state_free(&s2);
+  free(scr);
+}
+
+Test(decode_ops, calibration_by_hand) {
+  static const struct {
+    int n_hist;
+    float strength;
+    int32_t want[3];
+  } cases[] = {{1, 0.0f, {0, 1, 2}}, {1, 1.0f, {3, 4, 5}}, {1, 0.5f, {3, 0, 1}},
+               {0, 1.0f, {0, 1, 2}}, {0, 0.5f, {0, 1, 2}}};
+  for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+    int32_t got[3];
+    calib_page(got, cases[c].n_hist, cases[c].strength);
+    for (int k = 0; k < 3; k++)
+      cr_assert_eq(got[k], cases[c].want[k], "history %d, strength %g: product %d is %d, not %d",
+                   cases[c].n_hist, (double)cases[c].strength, k, got[k], cases[c].want[k]);
+  }
+}

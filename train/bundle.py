@@ -279,6 +279,17 @@ def _table(path):
     return out
 
 
+def _check_calibration(m, cfg, path):
+    """ranker.calibration as host/bundle.c's vt_bundle_check_calibration takes it."""
+    from .cascade import CALIB_CATEGORIES
+    cal = (m.get("ranker") or {}).get("calibration", 0.0)
+    if isinstance(cal, bool) or not isinstance(cal, (int, float)) or not 0 <= cal <= 1:
+        raise BundleError("%s: ranker.calibration must be in 0..1, not %r" % (path, cal))
+    if cal > 0 and cfg.codebook > CALIB_CATEGORIES:
+        raise BundleError("%s: ranker.calibration needs a codebook of at most %d entries, not %d"
+                          % (path, CALIB_CATEGORIES, cfg.codebook))
+
+
 def load_bundle(d):
     """-> (model, tables, manifest)."""
     m = _manifest(d, BUNDLE_FORMAT)
@@ -289,6 +300,7 @@ def load_bundle(d):
         cfg = Config(**m["config"])
     except (KeyError, TypeError) as e:
         raise BundleError("%s: bad config (%s)" % (os.path.join(d, "manifest.json"), e))
+    _check_calibration(m, cfg, os.path.join(d, "manifest.json"))
     itos = _lines(os.path.join(d, "vocab.txt"))
     if itos[:len(SPECIALS)] != list(SPECIALS):
         raise BundleError("%s: the first tokens must be %s" % (os.path.join(d, "vocab.txt"),

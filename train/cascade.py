@@ -42,7 +42,8 @@ THEME_BEAM = 8
 KEYWORD_BEAM = 8
 MAX_FREE_WORDS = 6
 # product score weights; a bundle's manifest carries tuned ones (train.tune)
-DEFAULT_RANKER = {"again": 0.0, "cooc": 0.0, "popularity": 0.0, "decay": 0.8}  # unconstrained decoding stops a phrase after this many words
+DEFAULT_RANKER = {"again": 0.0, "cooc": 0.0, "popularity": 0.0, "decay": 0.8,
+                  "calibration": 0.0}  # unconstrained decoding stops a phrase after this many words
 
 
 def season_now(tables, region, now):
@@ -175,6 +176,7 @@ class Cascade:
         sections, shown, all_cands = [], set(), []
         exclude = set(req.get("exclude", []))
         hist = self.history_features(events)
+        calib = self.calibration(events)
         season = season_now(t, req["region"], req["now"])
         region = t.region_index[req["region"]]
         for th_score, th_id, th_toks in themes:
@@ -185,7 +187,7 @@ class Cascade:
                                 for k_s, k_id, k_toks in kws]}
             cands = self.section_candidates(sec["keywords"], exclude, region, season, hist)
             all_cands.append(cands)
-            prods = self.pick(cands, shown, n_prod, u)
+            prods = self.pick(cands, shown, n_prod, u, calib=calib)
             sec["products"] = prods
             sections.append(sec)
         if collect is not None:
@@ -231,10 +233,20 @@ class Cascade:
                             cooc.get(p, np.float32(0))))
         return out
 
-    def pick(self, cands, shown, n, u, ranker=None):
+    def calibration(self, events):
+        """The page's Calibration when the ranker's calibration is on and the history has
+        catalogue products, else None."""
+        if float(self.ranker.get("calibration", 0.0)) <= 0.0:
+            return None
+        idx = [self.catalog.index.get(e["item"]) for e in events if e.get("item") is not None]
+        cats = [int(self.catalog.codes[p][0]) for p in idx if p is not None]
+        return Calibration(cats) if cats else None
+
+    def pick(self, cands, shown, n, u, ranker=None, calib=None):
         """Scores the candidates not yet shown, keeps the best n (ties: lower product index) and
         marks them shown. score = u.e_p + again_w again + cooc_w cooc + pop_w log1p(popularity),
-        summed left to right in float32."""
+        summed left to right in float32. With calib (the page's Calibration) the n are picked
+        greedily by Calibration.pick instead."""
         r = ranker or self.ranker
         if not cands:
             return []
@@ -249,6 +261,9 @@ class Cascade:
             s = np.float32(s + wp * self.log_pop[p])
             scored.append((-float(s), p, kw, float(s)))
         scored.sort()
+        if calib is not None:
+            strength = np.float32(r.get("calibration", 0.0))
+            scored = calib.pick(scored, n, strength, lambda p: int(self.catalog.codes[p][0]))
         out = []
         for _, p, kw, s in scored[:n]:
             shown.add(p)
@@ -264,3 +279,59 @@ class Cascade:
         else:
             text = texts[pid]
         return {"id": int(pid), "text": text, "score": float(score)}
+
+
+CALIB_CATEGORIES = 256  # kernels/decode.h VT_CALIB_CATEGORIES
+CALIB_ALPHA = 0.01      # VT_CALIB_ALPHA
+
+
+class Calibration:
+    """The ranker's calibration (kernels/calib.h, the same doubles in the same order): Steck's
+    calibrated recommendations, greedy. p: the history products' categories (a product's category
+    is its first semantic code); q: those of the page so far; a candidate's objective
+    (1 - l) * score - l * KL(p || (1 - a) q' + a p), q' the page with the candidate added."""
+
+    def __init__(self, hist_categories):
+        self.hist = [0] * CALIB_CATEGORIES
+        for g in hist_categories:
+            self.hist[g] += 1
+        self.n_hist = len(hist_categories)
+        self.page = [0] * CALIB_CATEGORIES
+        self.n_page = 0
+
+    def term(self, g, shown, n):
+        p = self.hist[g] / self.n_hist
+        q = (1.0 - CALIB_ALPHA) * (shown / n) + CALIB_ALPHA * p
+        return p * math.log(p / q)
+
+    def table(self):
+        """kl[g]: the KL of the page with one more product, of category g."""
+        n = self.n_page + 1
+        base = 0.0
+        for g in range(CALIB_CATEGORIES):
+            if self.hist[g] > 0:
+                base = base + self.term(g, self.page[g], n)
+        return [(base + -self.term(g, self.page[g], n)) + self.term(g, self.page[g] + 1, n)
+                if self.hist[g] > 0 else base for g in range(CALIB_CATEGORIES)]
+
+    @staticmethod
+    def objective(strength, score, kl):
+        lam = float(strength)
+        return (1.0 - lam) * float(score) + -(lam * kl)
+
+    def pick(self, scored, n, strength, category):
+        """scored: (-score, product, keyword, score) of the candidates not yet shown; returns the
+        n picked, in order, and counts them on the page."""
+        left, out = list(scored), []
+        while left and len(out) < n:
+            kl = self.table()
+            best = None
+            for i, c in enumerate(left):
+                obj = self.objective(strength, np.float32(c[3]), kl[category(c[1])])
+                if best is None or obj > best[0] or (obj == best[0] and c[1] < left[best[1]][1]):
+                    best = (obj, i)
+            c = left.pop(best[1])
+            out.append(c)
+            self.page[category(c[1])] += 1
+            self.n_page += 1
+        return out

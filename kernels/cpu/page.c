@@ -10,6 +10,7 @@
  */
 #include <string.h>
 
+#include "kernels/calib.h"
 #include "kernels/cpu/rank.h"
 #include "kernels/decode.h"
 #include "kernels/ops.h"
@@ -84,9 +85,10 @@ static int history_features(lane *l, const int32_t *hist, int n_hist, vt_shelf s
   return nt;
 }
 
-/* One section's products (its keywords already chosen). */
+/* One section's products (its keywords already chosen); cal: the page's calibration, NULL when
+ * off. */
 static void retrieve(lane *l, vt_section *sec, const vt_page_req *r, const int32_t *excl,
-                     const float *u, vt_shelf sh, vt_ranker rk) {
+                     const float *u, vt_shelf sh, vt_ranker rk, vt_calib *cal) {
   int nc = 0;
   for (int k = 0; k < sec->n_keywords; k++) {
     const int kw = sec->keyword[k];
@@ -125,7 +127,10 @@ static void retrieve(lane *l, vt_section *sec, const vt_page_req *r, const int32
     l->ids[m] = p; /* top-k breaks ties on the id: the lower product index wins */
     m++;
   }
-  const int k = vt_topk(l->top, l->top_score, l->score, l->ids, m, r->products, l->heap);
+  double kl[VT_CALIB_CATEGORIES];
+  const int k = cal ? vt_calib_pick(l->top, l->top_score, cal, kl, l->shown, l->ids, l->score, m,
+                                    r->products, &sh, rk.calibration)
+                    : vt_topk(l->top, l->top_score, l->score, l->ids, m, r->products, l->heap);
   sec->n_products = k;
   for (int i = 0; i < k; i++) {
     const int p = l->top[i];
@@ -145,10 +150,14 @@ void vt_page_assemble(vt_storefront *out, const vt_page_req *req, const int32_t 
                       vt_ranker rk, int B, int max_cands, void *scratch) {
   lane l = {0};
   lane_layout(&l, scratch, shelf.n_products, max_cands);
+  vt_calib cal;
   for (int i = 0; i < B; i++) {
     const vt_page_req *r = &req[i];
     vt_storefront *o = &out[i];
     const int nt = history_features(&l, hist + r->hist0, r->n_hist, shelf, rk.decay);
+    const int calibrated = rk.calibration > 0.0f && shelf.codes && r->n_hist > 0;
+    if (calibrated)
+      vt_calib_start(&cal, &shelf, hist + r->hist0, r->n_hist);
     for (int s = 0; s < o->n_sections; s++) {
       vt_section *sec = &o->sections[s];
       const int gi = r->group0 + s;
@@ -162,7 +171,8 @@ void vt_page_assemble(vt_storefront *out, const vt_page_req *req, const int32_t 
         sec->keyword[k] = g2.fin_phrase[f0 + order[k]];
         sec->keyword_score[k] = g2.fin_score[f0 + order[k]];
       }
-      retrieve(&l, sec, r, excl + r->excl0, user + (size_t)i * shelf.d_retrieval, shelf, rk);
+      retrieve(&l, sec, r, excl + r->excl0, user + (size_t)i * shelf.d_retrieval, shelf, rk,
+               calibrated ? &cal : NULL);
     }
     for (int k = 0; k < nt; k++) {
       l.again[l.touched[k]] = 0.0f;

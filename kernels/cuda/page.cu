@@ -20,12 +20,14 @@
  *   4. each candidate's score, user . emb[p] + again * again_p + cooc * cooc_p + popularity *
  *      log_pop[p], in the CPU's operation order with contraction into FMA ruled out
  *      (__fmul_rn / __fadd_rn), so scores are bit-identical to the CPU's and so are the picks;
- *   5. block_select takes the best `products` not yet shown (higher score, then lower product).
+ *   5. block_select takes the best `products` not yet shown (higher score, then lower product);
+ *      with the ranker's calibration on, one thread picks them greedily (kernels/calib.h).
  * The history features are summed by one thread in the reference's order (newest first), for the
  * same reason. Lanes: min(B, 32), fewer when the dense arrays would pass 256 MiB.
  */
 #include <limits.h>
 
+#include "kernels/calib.h"
 #include "kernels/cuda/common.cuh"
 
 #define PAGE_THREADS 128
@@ -129,6 +131,8 @@ static __global__ void __launch_bounds__(PAGE_THREADS)
   __shared__ sel_key shared_keys[WARP];
   __shared__ int kw_start[VT_MAX_KEYWORDS + 1];
   __shared__ int n_touched;
+  __shared__ vt_calib cal;                   // the page's calibration counts
+  __shared__ double cal_kl[VT_CALIB_CATEGORIES];
   page_lane l = page_lane_at(scratch + (size_t)blockIdx.x * lane_bytes, sh.n_products, max_cands);
   const int R = sh.d_retrieval;
   for (int i = blockIdx.x; i < B; i += gridDim.x) {
@@ -137,6 +141,10 @@ static __global__ void __launch_bounds__(PAGE_THREADS)
     const float *u = user + (size_t)i * R; // (R,)
     if (threadIdx.x == 0) {
       n_touched = history_features(l, hist + r.hist0, r.n_hist, sh, rk.decay);
+    }
+    const int calibrated = rk.calibration > 0.0f && sh.codes && r.n_hist > 0;
+    if (calibrated && threadIdx.x == 0) {
+      vt_calib_start(&cal, &sh, hist + r.hist0, r.n_hist);
     }
     __syncthreads();
     const int ns = o->n_sections;
@@ -231,7 +239,25 @@ static __global__ void __launch_bounds__(PAGE_THREADS)
         sec->products[rank].keyword = l.cred[k.pos]; // the keyword that first retrieved it
         sec->products[rank].score = k.s;
       };
-      block_select(nc, kk, load, emit, shared_keys);
+      if (!calibrated) {
+        block_select(nc, kk, load, emit, shared_keys);
+      } else if (threadIdx.x == 0) {
+        int32_t top[VT_MAX_PRODUCTS];
+        float top_score[VT_MAX_PRODUCTS];
+        const int got = vt_calib_pick(top, top_score, &cal, cal_kl, l.shown, l.cand, l.score, nc,
+                                      kk, &sh, rk.calibration);
+        for (int t = 0; t < got; t++) {
+          int c = 0;
+          while (l.cand[c] != top[t]) {
+            c++;
+          }
+          sel_key k;
+          k.s = top_score[t];
+          k.id = top[t];
+          k.pos = c;
+          emit(t, k);
+        }
+      }
       if (threadIdx.x == 0) {
         sec->n_products = kk;
       }
