@@ -38,9 +38,11 @@ import numpy as np
 import torch
 
 from . import shop as shop_mod
+from .beauty import MISS
+from .bootstrap import against_best, format_rows, per_user
 from .cascade import Cascade
 from .data import make_request
-from .tune import page_ranking
+from .tune import holdout, page_ranking
 
 KS = (5, 10)
 
@@ -70,10 +72,17 @@ class Scorer:
             if s.get("in_stats", True):
                 for e in shop_mod.observed(s):
                     pop[e["item"]] += 1
-        self.pop_order = sorted(range(n), key=lambda i: (-pop[i], i))
+        # a time split ranks the products seen before the cut-off; leave-one-out every product
+        self.time_split = shop["params"].get("protocol") == "time"
+        self.seen = pop > 0 if self.time_split else np.ones(n, dtype=bool)
+        self.pop_order = sorted((i for i in range(n) if self.seen[i]), key=lambda i: (-pop[i], i))
 
     def rank(self, page, target):
-        """0-based rank of target in the full ranking: the page, then the rest by popularity."""
+        """0-based rank of target in the full ranking: the page, then the rest by popularity
+        (only seen products in a time split: a cold-start target ranks MISS)."""
+        if not self.seen[target]:
+            return MISS
+        page = [i for i in page if self.seen[i]]
         if target in page:
             return page.index(target)
         on_page = set(page)
@@ -85,8 +94,12 @@ class Scorer:
                 r += 1
         raise ValueError("target %d not in the catalogue" % target)
 
-    def score(self, storefronts, targets, mode):
+    def score(self, storefronts, targets, mode, ranks_out=None):
+        """-> the metrics of storefronts against targets; ranks_out (a list) receives each
+        user's rank. In a time split also: cold-start targets, how often the page shows them, and
+        the page's cold (never seen before the cut-off) products."""
         ranks, hit, cover, theme_hit, sizes, kw_unknown, kw_total = [], 0, 0, 0, [], 0, 0
+        cold, cold_on_page, cold_shown = 0, 0, []
         for sf, t in zip(storefronts, targets):
             secs = [[{"index": self.ids[p["id"]], "score": p["score"]} for p in s["products"]]
                     for s in sf["sections"]]
@@ -94,6 +107,10 @@ class Scorer:
             ranks.append(self.rank(page, t))
             hit += t in page
             sizes.append(len(page))
+            if self.time_split:
+                cold += not self.seen[t]
+                cold_on_page += (not self.seen[t]) and t in page
+                cold_shown.append(sum(1 for i in page if not self.seen[i]))
             kws = [k["id"] for s in sf["sections"] for k in s["keywords"]]
             kw_total += len(kws)
             kw_unknown += sum(1 for k in kws if k < 0)
@@ -105,22 +122,61 @@ class Scorer:
         out.update({"storefront_hit": hit / n, "keyword_coverage": cover / n,
                     "theme_hit": theme_hit / n, "page_products": float(np.mean(sizes)),
                     "hallucination_rate": kw_unknown / max(1, kw_total), "users": len(targets)})
+        if self.time_split:
+            out.update({"cold_targets": cold, "cold_target_on_page": cold_on_page / max(1, cold),
+                        "cold_products_per_page": float(np.mean(cold_shown)) if cold_shown
+                        else 0.0})
+        if ranks_out is not None:
+            ranks_out.extend(ranks)
         return out
 
 
 def test_cases(shop, shape):
-    """-> (requests, targets) for every eval record, in file order."""
+    """-> (requests, targets) for every eval record, in file order. A request's `now` follows
+    the shop's rule (train.tune.holdout: the previous event's time in leave-one-out, the cut-off
+    in a time split), never the target's own day."""
     ids = type("Ids", (), {"ids": [p["id"] for p in shop["products"]]})
     reqs, targets = [], []
     for s in shop["shoppers"]:
         if s["split"] != "eval":
             continue
-        hist, now, last = shop_mod.holdout(s)
+        hist, now, last = holdout(shop, s)
         reqs.append(make_request(hist, now, shop["regions"][s["region"]]["name"], ids,
                                  shape["sections"], shape["keywords"], shape["products"],
                                  shopper_id=s["id"]))
         targets.append(last["purchase"])
     return reqs, targets
+
+
+METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
+
+
+def bootstrap(res, system_ranks, baselines_file, users, resamples, seed, log):
+    """Per metric and served system, the paired bootstrap interval of system - best baseline (the
+    baselines with per-user ranks in baselines.json: train.beauty's); -> res["bootstrap"]."""
+    base = {}
+    for name, v in baselines_file["systems"].items():
+        if "test_ranks" not in v or "test_users" not in baselines_file:
+            continue
+        by_user = dict(zip(baselines_file["test_users"], v["test_ranks"]))
+        missing = [u for u in users if u not in by_user]
+        if missing:
+            raise ValueError("baselines.json has no rank for test user %s (another split?)"
+                             % missing[0])
+        base[name] = {m: per_user([by_user[u] for u in users], m) for m in METRICS}
+    if not base:
+        log("bootstrap: baselines.json has no per-user ranks (rerun train.beauty); no intervals")
+        return
+    systems = {name: {m: per_user(r, m) for m in METRICS} for name, r in system_ranks.items()}
+    res["bootstrap"] = {"method": "paired bootstrap over users, %d resamples, seed %d, "
+                        "percentile 95%% interval of mean(system - best baseline); best baseline "
+                        "per metric among %s" % (resamples, seed, ", ".join(sorted(base))),
+                        "systems": against_best(systems, base, METRICS, resamples, seed)}
+    better = [k for k, v in res.get("baselines", {}).items() if k not in base and
+              any(v[m] > max(float(np.mean(b[m])) for b in base.values()) for m in METRICS)]
+    if better:
+        res["bootstrap"]["note"] = ("%s score higher on some metric but have no per-user ranks: "
+                                    "not compared" % ", ".join(better))
 
 
 def run_c(vitrine, system_dir, reqs, batch=64):
@@ -201,15 +257,25 @@ def main(argv=None):
     ap.add_argument("--sasrec", help="train.sasrec's result JSON")
     ap.add_argument("--users", type=int, help="only the first N test users (a quick check; the "
                     "protocol is every user)")
+    ap.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+    ap.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     shop = shop_mod.load(a.shop)
     scorer = Scorer(shop)
-    res = {"protocol": "leave-one-out test targets, full ranking over all %d items; a storefront "
-           "is ranked as its page ranking, then the rest by popularity (train/beauty_eval.py)"
-           % len(shop["products"]), "systems": {}, "reference": {}}
+    if scorer.time_split:
+        protocol = ("time split at %s: each shopper's first item after it, full ranking over the "
+                    "%d items seen before it (cold-start targets are misses)"
+                    % (shop["params"].get("cutoff_day"), len(scorer.pop_order)))
+    else:
+        protocol = "leave-one-out test targets, full ranking over all %d items" % len(
+            shop["products"])
+    res = {"protocol": protocol + "; a storefront is ranked as its page ranking, then the rest "
+           "by popularity (train/beauty_eval.py)", "systems": {}, "reference": {}}
+    users = [s["id"] for s in shop["shoppers"] if s["split"] == "eval"][:a.users]
+    system_ranks = {}
     dirs = dict(s.split("=", 1) for s in a.system)
     for name, d in dirs.items():
         with open(os.path.join(d, "ranker.json")) as f:
@@ -218,7 +284,8 @@ def main(argv=None):
         reqs, targets = test_cases(shop, shape)
         reqs, targets = reqs[:a.users], targets[:a.users]
         sfs, dt = run_c(a.vitrine, d, reqs)
-        m = scorer.score(sfs, targets, shape["ranking"])
+        system_ranks[name] = []
+        m = scorer.score(sfs, targets, shape["ranking"], system_ranks[name])
         m.update({"engine": "vitrine C (vitrine batch, 1 thread)", "storefront": shape,
                   "ranker": tuned["ranker"], "valid_recall@10": tuned.get("valid_recall@10"),
                   "valid_ndcg@10": tuned.get("valid_ndcg@10"),
@@ -251,11 +318,15 @@ def main(argv=None):
         res["baselines"] = {k: v["test"] for k, v in b["systems"].items()}
         res["baseline_params"] = {k: v.get("params") for k, v in b["systems"].items()}
         res["published"] = b["published"]
+        if "split" in b:
+            res["split"] = b["split"]
     if a.sasrec and os.path.exists(a.sasrec):
         with open(a.sasrec) as f:
             s = json.load(f)
         res.setdefault("baselines", {})["SASRec (ours)"] = s["test"]
-        res["baseline_params"]["SASRec (ours)"] = s.get("params")
+        res.setdefault("baseline_params", {})["SASRec (ours)"] = s.get("params")
+    if a.baselines and system_ranks:
+        bootstrap(res, system_ranks, b, users, a.resamples, a.seed, log)
     with open(a.out, "w") as f:
         json.dump(res, f, indent=1)
     print_table(res)
@@ -274,6 +345,24 @@ def print_table(res, f=sys.stdout):
             name, m["recall@5"], m["ndcg@5"], m["recall@10"], m["ndcg@10"],
             "%.4f" % m["storefront_hit"] if "storefront_hit" in m else "",
             "%.4f" % m["keyword_coverage"] if "keyword_coverage" in m else ""), file=f)
+    if "split" in res:
+        sp = res["split"]
+        print("\nTime split at %s (validation cut-off %s): %d test shoppers, %d cold-start targets "
+              "(%.1f%%: never seen before the cut-off, misses for every system)" % (
+                  sp["cutoff"], sp["valid_cutoff"], sp["test_shoppers"], sp["cold_test_targets"],
+                  100 * sp["cold_test_targets"] / max(1, sp["test_shoppers"])), file=f)
+        for k, v in res["systems"].items():
+            if "cold_targets" in v:
+                print("- %s: the cold-start target is on the page for %.1f%% of them; %.2f cold "
+                      "products per page" % (k, 100 * v["cold_target_on_page"],
+                                             v["cold_products_per_page"]), file=f)
+        print("- ID-based baselines cannot rank an item never seen before the cut-off.", file=f)
+    if "bootstrap" in res:
+        print("\nPaired bootstrap (%s):\n" % res["bootstrap"]["method"], file=f)
+        for row in format_rows(res["bootstrap"]["systems"]):
+            print(row, file=f)
+        if "note" in res["bootstrap"]:
+            print("\n" + res["bootstrap"]["note"], file=f)
 
 
 if __name__ == "__main__":

@@ -119,12 +119,18 @@ def interaction_stats(shop):
     popularity[p] = purchases of p; related[a] = the `related_top` (default RELATED_TOP) products
     b that most often followed a within `related_window` (default RELATED_WINDOW) item events of
     one shopper, weight = count(a->b)/count(a->*) rounded to float32; both can be set in the
-    shop's params. A shopper marked "in_stats": false is left out (a record whose history another
-    record of the same person already counts, as in train.beauty's leave-one-out shops)."""
+    shop's params. With the params' "related_direction" "both" (default "forward"), b also counts
+    when it came up to `related_window` events before a (train.beauty's tuned co-occurrence
+    direction; the catalogue format and the engine's use of related[a] are unchanged). A
+    shopper marked "in_stats": false is left out (a record whose history another record of the
+    same person already counts, as in train.beauty's leave-one-out shops)."""
     from .shop import observed
     n = len(shop["products"])
     window = shop["params"].get("related_window", RELATED_WINDOW)
     top_n = shop["params"].get("related_top", RELATED_TOP)
+    direction = shop["params"].get("related_direction", "forward")
+    if direction not in ("forward", "both"):
+        raise ValueError("shop params: related_direction %r is not forward or both" % direction)
     pop = [0] * n
     follow = {}
     for s in shop["shoppers"]:
@@ -141,6 +147,9 @@ def interaction_stats(shop):
             for b in items[i + 1:i + 1 + window]:
                 if b != a:
                     row[b] = row.get(b, 0) + 1
+                    if direction == "both":
+                        back = follow.setdefault(b, {})
+                        back[a] = back.get(a, 0) + 1
     related = [[] for _ in range(n)]
     for a, row in follow.items():
         total = sum(row.values())

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from . import shop as shop_mod
+from .bootstrap import RESAMPLES, SEED, against_best, format_rows
 from .bundle import load_bundle, load_catalog
 from .cascade import Cascade, season_now
 from .data import interaction_stats, make_request
@@ -155,7 +156,22 @@ def evaluate(shop, systems, catalog, tables, sections=3, kws=4, prods=4, ranking
                                                    len(phrases)), latency=dt)
         if log and (si + 1) % 100 == 0:
             log("  %d/%d shoppers" % (si + 1, len(shoppers)))
-    return {name: sc.summary() for name, sc in scores.items()}
+    out = {name: sc.summary() for name, sc in scores.items()}
+    if shoppers:
+        for name, r in compare(scores, systems).items():
+            out[name]["vs_best_baseline"] = r
+    return out
+
+
+def compare(scores, systems, resamples=RESAMPLES, seed=SEED):
+    """Each cascade's paired bootstrap 95% interval of its difference to the best baseline per
+    metric (train.bootstrap), from the per-shopper hits and NDCG of the same shoppers."""
+    def vectors(name):
+        rows = scores[name].rows
+        return {"recall@10": [float(x["hit"]) for x in rows], "ndcg@10": [x["ndcg"] for x in rows]}
+    base = {n: vectors(n) for n, s in systems.items() if s[0] == "baseline"}
+    cascades = {n: vectors(n) for n, s in systems.items() if s[0] != "baseline"}
+    return against_best(cascades, base, ("recall@10", "ndcg@10"), resamples, seed)
 
 
 def print_table(result, f=sys.stdout):
@@ -169,6 +185,13 @@ def print_table(result, f=sys.stdout):
             cells.append("%20s" % ("-" if v is None else "%.4f" % v if c != "latency_ms_p50"
                                    else "%.1f" % v))
         print("%-32s" % name + "".join(cells), file=f)
+    cmp = {n: m["vs_best_baseline"] for n, m in result["systems"].items()
+           if "vs_best_baseline" in m}
+    if cmp:
+        print("\npaired bootstrap over shoppers (%d resamples, seed %d), 95%% interval of "
+              "system - best baseline:" % (RESAMPLES, SEED), file=f)
+        for row in format_rows(cmp):
+            print(row, file=f)
 
 
 def main(argv=None):

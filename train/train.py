@@ -178,9 +178,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--shop", required=True)
     ap.add_argument("--out", required=True, help="directory for teacher.pt and student.pt")
-    ap.add_argument("--teacher-epochs", type=int, default=5)
+    ap.add_argument("--teacher-epochs", type=int, help="default 5")
     ap.add_argument("--student-epochs", type=int, default=5)
-    ap.add_argument("--teacher-lr", type=float, default=1.5e-3)
+    ap.add_argument("--teacher-lr", type=float, help="default 1.5e-3")
     ap.add_argument("--student-lr", type=float, default=3e-3)
     ap.add_argument("--only-teacher", action="store_true", help="stop after the teacher")
     ap.add_argument("--threads", type=int, default=2)
@@ -195,7 +195,21 @@ def main(argv=None):
                     "number of products means a full softmax over every product")
     ap.add_argument("--teacher-from", help="distil from this teacher checkpoint instead of "
                     "training one")
+    ap.add_argument("--student-only", action="store_true", help="train the student alone on "
+                    "hard labels: no teacher is trained or loaded, nothing is distilled")
     a = ap.parse_args(argv)
+    if a.student_only:
+        clash = [o for o, v in (("--teacher-from", a.teacher_from), ("--only-teacher",
+                                a.only_teacher), ("--teacher-epochs", a.teacher_epochs),
+                                ("--teacher-lr", a.teacher_lr)) if v is not None and v is not False]
+        if clash:
+            ap.error("--student-only trains no teacher and distils nothing: it cannot be combined "
+                     "with %s" % ", ".join(clash))
+        a.no_distill = True
+    if a.teacher_epochs is None:
+        a.teacher_epochs = 5
+    if a.teacher_lr is None:
+        a.teacher_lr = 1.5e-3
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
@@ -216,7 +230,10 @@ def main(argv=None):
     log("examples: %d train, %d validation (%.1fs)" % (len(train), len(val), time.time() - t0))
     report = {}
     neg = dict(negatives=a.negatives)
-    if a.teacher_from:
+    teacher = None
+    if a.student_only:
+        log("teacher: none (--student-only)")
+    elif a.teacher_from:
         teacher, report["teacher"] = load_checkpoint(a.teacher_from)
         log("teacher: %s (loaded)" % a.teacher_from)
     else:
@@ -244,7 +261,8 @@ def main(argv=None):
                 seed=a.seed + 1,
                 teacher=None if a.no_distill else teacher, log=log, **neg)
     report["student"] = {"params": n_params(student), "train_seconds": round(time.time() - t0, 1),
-                         "distilled": not a.no_distill, "time": not a.no_time,
+                         "distilled": not a.no_distill, "student_only": a.student_only,
+                         "time": not a.no_time,
                          "negatives": a.negatives,
                          "val_loss": evaluate_loss(student, val, tables, prod_codes, **neg)}
     log("student: %s" % json.dumps(report["student"]))

@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 import sys
+import time
 
 import numpy as np
 import torch
@@ -34,19 +35,62 @@ SHAPES = ({"sections": 3, "keywords": 4, "products": 4}, {"sections": 2, "keywor
 RANKINGS = ("round-robin", "score")
 
 
-def collect(cascade, shop, catalog, storefront, split="valid", limit=None):
+def holdout(shop, shopper):
+    """(history events, now, target session) of a shopper's held-out last session, `now` by the
+    shop's "request_now" rule: "previous_event" (the last history event's time: the target's own
+    day would leak into the request), "cutoff" (the last second before a time split's cut-off:
+    the moment the prediction is made) or, by default, the second before the held-out session
+    (the synthetic shop's sessions: shop.holdout)."""
+    hist, now, last = shop_mod.holdout(shopper)
+    rule = shop["params"].get("request_now", "session")
+    if rule == "previous_event" and hist:
+        now = max(e["ts"] for e in hist)
+    elif rule == "cutoff":
+        now = shop["params"]["cutoff"] - 1
+    elif rule not in ("session", "previous_event"):
+        raise ValueError("shop params: unknown request_now %r" % rule)
+    return hist, now, last
+
+
+def seen_items(shop, catalog):
+    """The products a time split ranks (bool array): those seen in the statistics, i.e. before the
+    cut-off; None (every product) for other protocols."""
+    if shop["params"].get("protocol") != "time":
+        return None
+    return np.asarray(catalog.popularity) > 0
+
+
+class Progress:
+    """Progress lines on stderr: what is done, of how many, and the elapsed time."""
+
+    def __init__(self, log, what, total, every):
+        self.log, self.what, self.total, self.every = log, what, total, max(1, every)
+        self.t0, self.done = time.time(), 0
+
+    def step(self, extra=""):
+        self.done += 1
+        if self.log and (self.done % self.every == 0 or self.done == self.total):
+            self.log("  %s %d/%d, %.0f s%s" % (self.what, self.done, self.total,
+                                              time.time() - self.t0, extra))
+
+
+def collect(cascade, shop, catalog, storefront, split="valid", limit=None, log=None):
     """Decodes each shopper once: -> [(per-section candidate arrays, target product)]. With a
     limit, a seeded random sample of that many shoppers (file order can be biased: the first
     Beauty users are much harder than the average)."""
     out = []
-    for s in sample_shoppers(shop, split, limit):
-        hist, now, last = shop_mod.holdout(s)
+    users = sample_shoppers(shop, split, limit)
+    prog = Progress(log, "decoded %s shoppers (%d sections x %d keywords)"
+                    % (split, storefront["sections"], storefront["keywords"]), len(users), 100)
+    for s in users:
+        hist, now, last = holdout(shop, s)
         req = make_request(hist, now, shop["regions"][s["region"]]["name"], catalog,
                            storefront["sections"], storefront["keywords"], storefront["products"])
         got = []
         cascade.recommend(req, collect=got)
         u, sections = got[0]
         out.append(([candidate_arrays(cascade, c, u) for c in sections], last["purchase"]))
+        prog.step()
     return out
 
 
@@ -97,14 +141,17 @@ def page_ranking(sections, mode):
     return [s[r]["index"] for r in range(n) for s in sections if r < len(s)]
 
 
-def score(collected, ranker, n_products, ranking, n_catalog, k=10):
+def score(collected, ranker, n_products, ranking, n_catalog, k=10, seen=None):
+    """-> (Recall@k, NDCG@k) of the pages; with `seen` (bool per product) only seen products are
+    ranked (a time split: a target never seen before the cut-off is a miss)."""
     hits, ndcg = 0, 0.0
     shown = np.zeros(n_catalog, dtype=bool)
     for sections, target in collected:
         shown[:] = False
         page = [[{"index": i, "score": sc} for i, sc in fast_pick(a, shown, n_products, ranker)]
                 for a in sections]
-        ranked = page_ranking(page, ranking)[:k]
+        ranked = page_ranking(page, ranking)
+        ranked = (ranked if seen is None else [i for i in ranked if seen[i]])[:k]
         if target in ranked:
             hits += 1
             ndcg += 1.0 / math.log2(ranked.index(target) + 2)
@@ -113,10 +160,12 @@ def score(collected, ranker, n_products, ranking, n_catalog, k=10):
 
 
 def tune(cascade, shop, catalog, limit=None, log=None, shapes=SHAPES, rankings=RANKINGS,
-         grid=None):
-    """-> (ranker weights, storefront shape with its ranking, (recall, ndcg), head-only recall)."""
+         grid=None, progress=None):
+    """-> (ranker weights, storefront shape with its ranking, (recall, ndcg), head-only recall).
+    log: the new best points; progress: progress lines (shoppers decoded, grid points scored)."""
     best, head_only = None, None
     grid = grid or GRID
+    seen = seen_items(shop, catalog)
     # shapes with the same keywords per section share one decoding with the most sections: the
     # theme beam's width is max(THEME_BEAM, sections) and its early stop is exact, so the first s
     # sections of a longer page are the page of s sections (products are chosen at scoring time)
@@ -130,13 +179,18 @@ def tune(cascade, shop, catalog, limit=None, log=None, shapes=SHAPES, rankings=R
                 raise ValueError("page shapes with more sections than the theme beam (%d) "
                                  "cannot share a decoding" % cascade.theme_beam)
             decoded[key] = collect(cascade, shop, catalog, dict(shape, sections=most),
-                                   limit=limit)
+                                   limit=limit, log=progress)
+    points = list(itertools.product(grid["again"], grid["cooc"], grid["popularity"]))
+    prog = Progress(progress, "grid points scored", len(shapes) * len(rankings) * len(points), 1)
     for shape in shapes:
         collected = [(secs[:shape["sections"]], t) for secs, t in decoded[shape["keywords"]]]
         for ranking in rankings:
-            for wa, wc, wp in itertools.product(grid["again"], grid["cooc"], grid["popularity"]):
+            for wa, wc, wp in points:
                 r = dict(cascade.ranker, again=wa, cooc=wc, popularity=wp)
-                rec, nd = score(collected, r, shape["products"], ranking, len(catalog.ids))
+                rec, nd = score(collected, r, shape["products"], ranking, len(catalog.ids),
+                                seen=seen)
+                prog.step(" (%s %s again=%g cooc=%g popularity=%g: recall@10 %.4f)"
+                          % (json.dumps(shape), ranking, wa, wc, wp, rec))
                 if shape is shapes[0] and ranking == rankings[0] and (wa, wc, wp) == (0, 0, 0):
                     head_only = rec
                 if best is None or (rec, nd) > best[0]:
@@ -171,7 +225,7 @@ def main(argv=None):
     shapes = tuple(json.loads(a.shapes)) if a.shapes else SHAPES
     ranker, storefront, (rec, nd), head_only = tune(
         cascade, shop, catalog, a.limit, log, shapes, tuple(a.rankings.split(",")),
-        WIDE_GRID if a.wide_grid else GRID)
+        WIDE_GRID if a.wide_grid else GRID, progress=log)
     result = {"ranker": ranker, "storefront": storefront,
               "valid_shoppers": len(sample_shoppers(shop, "valid", a.limit)),
               "valid_recall@10": rec, "valid_ndcg@10": nd,

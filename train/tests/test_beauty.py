@@ -183,3 +183,126 @@ def test_storefront_ranking_and_hits(tiny):
     assert sc.rank([2, 1], 3) == 2 + rest.index(3)
     assert m["storefront_hit"] == 0.0 and m["keyword_coverage"] == 1.0 and m["theme_hit"] == 1.0
     assert m["recall@10"] == float(2 + rest.index(3) < 10)
+
+
+def test_requests_now_is_the_previous_event_not_the_targets_day(tiny):
+    """Leave-one-out requests carry the previous event's time: the target's day (user 1's last
+    item is on day 30, the one before on day 20) must not reach the request."""
+    from train.beauty_eval import test_cases
+    from train.tune import holdout
+    _, seqs, _, (vshop, tshop) = _shops(tiny)
+    assert tshop["params"]["request_now"] == "previous_event"
+    reqs, targets = test_cases(tshop, {"sections": 2, "keywords": 2, "products": 3})
+    assert targets == [3, 2]
+    assert [r["now"] for r in reqs] == [20, 6]
+    for s, seq in zip([x for x in vshop["shoppers"] if x["split"] == "valid"], seqs):
+        hist, now, last = holdout(vshop, s)
+        assert now == seq[-3][1] and now == hist[-1]["ts"] and last["purchase"] == seq[-2][0]
+
+
+def test_related_items_follow_the_tuned_direction(tiny):
+    """The co-occurrence baseline's direction reaches the catalogue's related items: "both" also
+    relates an item to those bought just before it; the shops carry the tuned window and
+    direction."""
+    from train.data import interaction_stats
+    shop = {"params": {"related_window": 1, "related_top": 5}, "products": [{}, {}, {}],
+            "shoppers": [{"split": "train",
+                          "events": [{"action": 3, "item": i} for i in (0, 1, 2)]}]}
+    _, fwd = interaction_stats(shop)
+    assert [[b for b, _ in r] for r in fwd] == [[1], [2], []]
+    shop["params"]["related_direction"] = "both"
+    _, both = interaction_stats(shop)
+    assert [[b for b, _ in r] for r in both] == [[1], [0, 2], [1]]
+    assert dict(both[1]) == {0: 0.5, 2: 0.5}
+    shop["params"]["related_direction"] = "sideways"
+    with pytest.raises(ValueError, match="related_direction"):
+        interaction_stats(shop)
+    items, seqs = beauty.load(tiny)
+    phrases, item_kw = beauty.keyword_phrases(items, min_items=1)
+    res, train, shops = beauty.loo_protocol(seqs, items, phrases, item_kw, lambda m: None)
+    themes, kw_theme = beauty.mine_themes(train, item_kw, phrases, n_themes=2)
+    for shop in shops(themes, kw_theme):
+        p = res["systems"]["cooccurrence"]["params"]
+        assert shop["params"]["related_window"] == p["window"]
+        assert shop["params"]["related_direction"] == p["direction"]
+    assert len(res["test_users"]) == len(res["systems"]["cooccurrence"]["test_ranks"]) == 2
+
+
+def test_time_split_is_strictly_before_the_cutoff(tiny):
+    """Training and statistics before the cut-off, each shopper's first item on or after it as the
+    target, validation from a second, earlier cut-off; shoppers without a history are counted."""
+    _, seqs = beauty.load(tiny)
+    ts = beauty.time_split(seqs, cutoff=20, valid_cutoff=7)
+    assert ts["test"] == [(0, [(0, 10), (1, 10)], (2, 20))]
+    assert ts["valid"] == [(1, [(1, 5), (0, 6)], (2, 7))]
+    assert ts["train_valid"] == [(1, [(1, 5), (0, 6)])]
+    assert ts["train_test"] == [(0, [(0, 10), (1, 10)]), (1, [(1, 5), (0, 6), (2, 7)])]
+    assert ts["new_users_valid"] == 1 and ts["new_users_test"] == 0
+    with pytest.raises(ValueError, match="before the cut-off"):
+        beauty.time_split(seqs, cutoff=7, valid_cutoff=20)
+    # 7 interactions by time: days 5 6 7 10 10 20 30; the one at the 70% quantile (index 4): day 10
+    assert beauty.quantile_cutoff(seqs, 0.3) == 10
+    assert beauty.quantile_cutoff(seqs, 0.5, before=20) == 7
+    assert beauty.parse_day("2014-05-13") == 1399939200
+    with pytest.raises(ValueError, match="not a date"):
+        beauty.parse_day("13/05/2014")
+
+
+def test_time_split_cold_start_targets_are_misses(tiny):
+    """A target never seen before the cut-off (A4, first bought on day 30) is a miss for every
+    system and counted apart; the shops hold only what came before each cut-off."""
+    from train.beauty_eval import Scorer, test_cases
+    from train.data import interaction_stats
+    items, seqs = beauty.load(tiny)
+    phrases, item_kw = beauty.keyword_phrases(items, min_items=1)
+    res, train_v, shops = beauty.time_protocol(seqs, items, phrases, item_kw, 30, 20,
+                                               lambda m: None)
+    assert res["split"]["cold_test_targets"] == 1 and res["test_cold"] == [True]
+    assert res["systems"]["popularity"]["test_ranks"] == [beauty.MISS]
+    assert res["systems"]["cooccurrence"]["test_ranks"] == [beauty.MISS]
+    assert res["systems"]["cooccurrence"]["test"]["recall@10"] == 0.0
+    themes, kw_theme = beauty.mine_themes(train_v, item_kw, phrases, n_themes=2)
+    vshop, tshop = shops(themes, kw_theme)
+    assert tshop["params"]["protocol"] == "time" and tshop["params"]["cutoff"] == 30
+    assert vshop["params"]["cutoff"] == 20
+    pop, _ = interaction_stats(tshop)
+    assert pop == [2, 2, 2, 0], "statistics: every interaction before day 30, each once"
+    pop, _ = interaction_stats(vshop)
+    assert pop == [2, 2, 1, 0], "validation statistics: before day 20"
+    reqs, targets = test_cases(tshop, {"sections": 1, "keywords": 1, "products": 4})
+    assert targets == [3] and reqs[0]["now"] == 29, "now: the last second before the cut-off"
+    assert max(e["ts"] for e in reqs[0]["events"]) < 30
+    sc = Scorer(tshop)
+    assert sorted(sc.pop_order) == [0, 1, 2], "only items seen before the cut-off are ranked"
+    sf = {"sections": [{"theme": {"id": 0}, "keywords": [],
+                        "products": [{"id": "A4", "score": 5.0}, {"id": "A3", "score": 1.0}]}]}
+    m = sc.score([sf], [3], "score")
+    assert m["recall@10"] == 0.0 and m["storefront_hit"] == 1.0
+    assert m["cold_targets"] == 1 and m["cold_target_on_page"] == 1.0
+    assert m["cold_products_per_page"] == 1.0
+    ranks = []
+    m = sc.score([sf], [2], "score", ranks)
+    assert ranks == [0] and m["recall@5"] == 1.0, "a cold product on the page takes no rank"
+
+
+def test_evaluation_table_gets_paired_intervals_per_metric():
+    """beauty_eval's bootstrap: per metric, the served system against the best baseline with
+    per-user ranks, users matched by id (baselines.json may list them in another order)."""
+    from train.beauty_eval import bootstrap
+    b = {"test_users": ["u2", "u1", "u3"],
+         "systems": {"cooccurrence": {"test_ranks": [beauty.MISS, 0, 3]},
+                     "popularity": {"test_ranks": [beauty.MISS, beauty.MISS, 8]}}}
+    res = {"baselines": {"cooccurrence": {}, "popularity": {},
+                         "SASRec (ours)": {"recall@5": 0.9, "ndcg@5": 0.9, "recall@10": 0.9,
+                                           "ndcg@10": 0.9}}}
+    bootstrap(res, {"student": [0, 0, 7]}, b, ["u1", "u2", "u3"], 200, 0, lambda m: None)
+    r = res["bootstrap"]["systems"]["student"]
+    # by user u1 u2 u3: co-occurrence ranks 0, miss, 3; the student 0, 0, 7
+    assert r["recall@5"]["baseline"] == "cooccurrence"
+    assert r["recall@5"]["diff"] == pytest.approx(0.0)
+    assert r["recall@10"]["diff"] == pytest.approx(1 / 3)
+    assert r["recall@10"]["baseline_value"] == pytest.approx(2 / 3)
+    assert r["recall@10"]["ci95"][0] >= 0
+    assert "SASRec (ours)" in res["bootstrap"]["note"], "a stronger row without per-user ranks"
+    with pytest.raises(ValueError, match="u4"):
+        bootstrap({}, {"student": [0]}, b, ["u4"], 10, 0, lambda m: None)

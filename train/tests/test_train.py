@@ -100,3 +100,27 @@ def test_checkpoint_round_trip(tiny_world, tmp_path):
     assert loaded.cfg == model.cfg and not loaded.training
     s1, s2 = model.state_dict(), loaded.state_dict()
     assert set(s1) == set(s2) and all(torch.equal(s1[k], s2[k]) for k in s1)
+
+
+def test_student_only_trains_no_teacher_and_refuses_teacher_options(tiny_shop, tmp_path, capsys):
+    import json
+
+    import pytest
+
+    from train.train import main
+    shop = tmp_path / "shop.json"
+    shop.write_text(json.dumps(tiny_shop))
+    out = tmp_path / "models"
+    main(["--shop", str(shop), "--out", str(out), "--student-only", "--student-epochs", "1",
+          "--threads", "1"])
+    assert (out / "student.pt").exists() and not (out / "teacher.pt").exists()
+    report = json.loads((out / "training.json").read_text())
+    assert "teacher" not in report
+    assert report["student"]["student_only"] and not report["student"]["distilled"]
+    for extra in (["--teacher-from", str(out / "student.pt")], ["--teacher-epochs", "0"],
+                  ["--only-teacher"], ["--teacher-lr", "0.001"]):
+        with pytest.raises(SystemExit):
+            main(["--shop", str(shop), "--out", str(tmp_path / "x"), "--student-only"] + extra)
+        err = capsys.readouterr().err
+        assert "--student-only" in err and extra[0] in err
+    assert not (tmp_path / "x").exists(), "refused before anything was written"
