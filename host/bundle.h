@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kernels/decode.h"
 #include "safetensors.h"
 #include "status.h"
 
@@ -91,6 +92,7 @@ typedef struct vt_bundle {
   vt_config cfg;
   int theme_beam, keyword_beam;                         /* manifest "decode" */
   float rank_again, rank_cooc, rank_popularity, rank_decay; /* manifest "ranker" */
+  vt_ranker_model rank_model; /* manifest "ranker" of kind "learned"; hidden -1: kind "mix" */
   int max_sections, max_keywords_per_section, max_products_per_section, max_query_bytes;
   int n_regions;
   vt_region *regions;

@@ -1085,7 +1085,7 @@ static int decode_and_page(vt_engine *e, const dims *d, const bufs *u, float *fi
   const vt_ranker rk = {b->rank_again, b->rank_cooc, b->rank_popularity, b->rank_decay};
   e->page_dirty = 1;
   OP(be->page_assemble(be, u->out, u->req, u->hist, u->excl, u->user, u->g2, e->shelf, rk,
-                       d->Bc, d->max_cands, e->page_scratch),
+                       b->rank_model, d->Bc, d->max_cands, e->page_scratch),
      "page_assemble");
   e->page_dirty = 0;
   if (timed) {

@@ -243,7 +243,10 @@ class BatchedCascade:
         ranking (Cascade.history_features, section_candidates and pick), in numpy over the
         catalogue's arrays, and one retrieval product (emb @ u) for all of the request's
         candidates instead of one per section. The float32 arithmetic of the ranking is the
-        reference's, operation for operation (np.add.at accumulates in the reference's order)."""
+        reference's, operation for operation (np.add.at accumulates in the reference's order).
+        A learned ranker (kind "learned") is the reference's own assembly."""
+        if self.ref.learned is not None:
+            return self.ref.assemble(req, events, dropped, secs, u)
         a = self.arrays
         n_prod = req["products_per_section"]
         ex = [self.catalog.index.get(x) for x in req.get("exclude", [])]
