@@ -10,7 +10,8 @@
    region, not suited to the region's season at `now`, already shown in an earlier section);
    scored by the retrieval head plus item-to-item features of the history (see pick and
    history_features; weights tuned on validation shoppers by train.tune and carried in the
-   bundle's manifest); the best `products_per_section` kept. A product is credited to the first
+   bundle's manifest), or by a learned ranker (LearnedRanker, trained by train.ranker, over
+   ranker_features); the best `products_per_section` kept. A product is credited to the first
    (best) keyword of the section that retrieves it.
 
 Beam search, deterministic by construction (the C engine follows it to the bit):
