@@ -9,7 +9,8 @@ RANKER_FEATURES), with a listwise loss; the result goes into a bundle's manifest
 --tuned is train.tune's ranker.json: its page shape and page ranking are the ones trained for, its
 recency decay weighs the history here too, and its weights' mix is the comparison. The output has
 ranker.json's form ("ranker", "storefront", valid_*), so `train.export --ranker` and
-`train.beauty_eval` take it unchanged.
+`train.beauty_eval` take it unchanged. `python -m train.ranker evaluate --help`: Beauty's test
+users through the C engine, with paired bootstrap intervals between systems (evaluate_main).
 
 1. Every sampled validation shopper's history (the held-out target's session excluded) is decoded
    once by the reference cascade; each section's candidates (what retrieval returns, before the
@@ -278,6 +279,94 @@ def main(argv=None):
     return 0
 
 
+def evaluate_main(argv):
+    """`python -m train.ranker evaluate`: Beauty's test users through the C engine for several
+    systems (train.beauty_eval's harness: its test cases, `vitrine batch`, its Scorer), per-user
+    ranks kept, and paired bootstrap 95% intervals of each system's difference from the first;
+    with --beauty-data also the tuned co-occurrence baseline's per-user ranks (train.beauty's
+    baseline, recomputed with baselines.json's parameters) as a system to compare with."""
+    from .beauty_eval import Scorer, run_c, test_cases
+    ap = argparse.ArgumentParser(prog="train.ranker evaluate")
+    ap.add_argument("--shop", required=True, help="the test shop")
+    ap.add_argument("--vitrine", default="build/vitrine")
+    ap.add_argument("--system", action="append", required=True, help="NAME=DIR (bundle, "
+                    "catalog, ranker.json); the first is compared with the others")
+    ap.add_argument("--baselines", help="train.beauty's baselines.json")
+    ap.add_argument("--beauty-data", help="the amazon-beauty folder: per-user co-occurrence ranks")
+    ap.add_argument("--boot", type=int, default=2000)
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args(argv)
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    shop = shop_mod.load(a.shop)
+    scorer = Scorer(shop)
+    ranks, res = {}, {"systems": {}, "differences": {}}
+    for name, d in (x.split("=", 1) for x in a.system):
+        with open(d + "/ranker.json") as f:
+            shape = json.load(f)["storefront"]
+        reqs, targets = test_cases(shop, shape)
+        sfs, dt = run_c(a.vitrine, d, reqs)
+        ranks[name] = [scorer.rank(page_ranking([[{"index": scorer.ids[p["id"]],
+                                                   "score": p["score"]} for p in s["products"]]
+                                                 for s in sf["sections"]], shape["ranking"]), t)
+                       for sf, t in zip(sfs, targets)]
+        res["systems"][name] = dict(scorer.score(sfs, targets, shape["ranking"]),
+                                    requests_per_s=round(len(reqs) / dt, 1))
+        log("%s: %s" % (name, json.dumps(res["systems"][name])))
+    if a.beauty_data and a.baselines:
+        ranks["cooccurrence"] = cooc_ranks(a.beauty_data, a.baselines, targets)
+        res["systems"]["cooccurrence"] = ranking_metrics(ranks["cooccurrence"])
+        log("cooccurrence: %s" % json.dumps(res["systems"]["cooccurrence"]))
+    if a.baselines:
+        with open(a.baselines) as f:
+            res["baselines"] = {k: v["test"] for k, v in json.load(f)["systems"].items()}
+    first = next(iter(ranks))
+    rng = np.random.default_rng(0)
+    n = len(ranks[first])
+    idx = rng.integers(0, n, size=(a.boot, n))
+    per_user = lambda r: {"recall@10": (np.asarray(r) < 10).astype(float),  # noqa: E731
+                          "ndcg@10": np.where(np.asarray(r) < 10,
+                                              1 / np.log2(np.asarray(r) + 2.0), 0.0)}
+    mine = per_user(ranks[first])
+    for other in ranks:
+        if other == first:
+            continue
+        theirs, d = per_user(ranks[other]), {}
+        for m in ("recall@10", "ndcg@10"):
+            diff = mine[m] - theirs[m]
+            boot = diff[idx].mean(1)
+            d[m] = {"difference": float(diff.mean()),
+                    "relative": float(diff.mean() / max(1e-12, theirs[m].mean())),
+                    "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]}
+        res["differences"]["%s - %s" % (first, other)] = d
+        log("%s - %s: %s" % (first, other, json.dumps(d)))
+    with open(a.out, "w") as f:
+        json.dump(res, f, indent=1)
+    return 0
+
+
+def cooc_ranks(data, baselines, targets):
+    """Per-user test ranks of train.beauty's tuned co-occurrence baseline (its eval_cooc, with the
+    ranks kept), in train.beauty's user order, which must be the test shop's."""
+    from . import beauty
+    with open(baselines) as f:
+        p = json.load(f)["systems"]["cooccurrence"]["params"]
+    items, seqs = beauty.load(data)
+    _, valid, test = beauty.split(seqs)
+    if [t for _, t in test] != list(targets):
+        raise ValueError("train.beauty's test users are not the test shop's, in order")
+    train_plus = [h + [t] for h, t in valid]
+    n = len(items)
+    c = beauty.cooccurrence(train_plus, n, p["window"], p["direction"])
+    pop = beauty.popularity(train_plus, n)
+    out = []
+    for hist, target in test:
+        score = np.zeros(n)
+        for r, h in enumerate(reversed(hist)):
+            score += (p["decay"] ** r) * c[h]
+        out.append(beauty.rank_of(score, target, pop))
+    return out
+
+
 def save_cache(path, data):
     arrays = {}
     for u, (secs, target) in enumerate(data):
@@ -301,4 +390,4 @@ def load_cache(path):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(evaluate_main(sys.argv[2:]) if sys.argv[1:2] == ["evaluate"] else main())
