@@ -29,6 +29,7 @@ users through the C engine, with paired bootstrap intervals between systems (eva
    as train.tune ranks it); the best epoch of the best model by Recall@10, then NDCG@10, wins.
 """
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -41,7 +42,7 @@ from .beauty_eval import ranking_metrics
 from .cascade import RANKER_FEATURES, Cascade, LearnedRanker
 from .data import Catalog, Tables, make_request
 from .train import load_checkpoint
-from .tune import page_ranking, sample_shoppers
+from .tune import GRID, WIDE_GRID, page_ranking, sample_shoppers
 
 F = len(RANKER_FEATURES)
 
@@ -108,6 +109,18 @@ def mix_score(ranker):
         s = s + wc * X[:, 2]
         return s + wp * X[:, 4]
     return fn
+
+
+def tune_mix(data, shape, decay, grid):
+    """train.tune's search on the collected shoppers (all of them): the weights' mix with the best
+    Recall@10, then NDCG@10 -> ((recall, ndcg), ranker)."""
+    best = None
+    for wa, wc, wp in itertools.product(grid["again"], grid["cooc"], grid["popularity"]):
+        r = {"again": wa, "cooc": wc, "popularity": wp, "decay": decay}
+        m = page_metrics(data, mix_score(r), shape["products"], shape["ranking"])
+        if best is None or m > best[0]:
+            best = (m, r)
+    return best
 
 
 class Net(torch.nn.Module):
@@ -216,9 +229,14 @@ def main(argv=None):
     ap.add_argument("--holdout", type=float, default=0.25, help="part kept for selection")
     ap.add_argument("--hidden", default="0,16", help="models to try: 0 = linear, H = H ReLU units")
     ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache", help="keep the collected features here (.npz) and reuse them")
+    ap.add_argument("--tune-mix", metavar="OUT", help="also tune the weights' mix on the same "
+                    "shoppers (train.tune's grid and rule, --tuned's decay and page) and write "
+                    "its ranker.json here; it is then the comparison")
+    ap.add_argument("--wide-grid", action="store_true", help="train.tune's grid for large "
+                    "catalogues (with --tune-mix)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
@@ -253,7 +271,16 @@ def main(argv=None):
     log("%d training shoppers (%.1f%% with the target among the candidates), %d held out; "
         "%d candidate rows; cooc_half %.4g" % (len(train), 100 * covered, len(valid),
                                                 len(allx), cooc_half))
-    mix = page_metrics(valid, mix_score(tuned["ranker"]), shape["products"], shape["ranking"])
+    mix_ranker = tuned["ranker"]
+    if a.tune_mix:
+        (rec, nd), mix_ranker = tune_mix(data, shape, decay, WIDE_GRID if a.wide_grid else GRID)
+        with open(a.tune_mix, "w") as f:
+            json.dump({"ranker": mix_ranker, "storefront": shape, "valid_shoppers": len(data),
+                       "valid_recall@10": rec, "valid_ndcg@10": nd,
+                       "tuned_by": "train.ranker --tune-mix"}, f, indent=1)
+        log("tuned mix on all %d shoppers: %s recall@10 %.4f ndcg@10 %.4f"
+            % (len(data), json.dumps(mix_ranker), rec, nd))
+    mix = page_metrics(valid, mix_score(mix_ranker), shape["products"], shape["ranking"])
     head = page_metrics(valid, lambda X: X[:, 0], shape["products"], shape["ranking"])
     log("held out: tuned mix recall@10 %.4f ndcg@10 %.4f; retrieval head alone %.4f %.4f"
         % (mix + head))
