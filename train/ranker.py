@@ -23,7 +23,8 @@ users through the C engine, with paired bootstrap intervals between systems (eva
 4. Features are standardised for training; the standardisation is folded into the exported
    weights, so the engine computes the raw features. cooc_half (cooc_sat = cooc / (cooc + half))
    is the median positive co-occurrence of the training candidates.
-5. Each candidate model (--hidden: 0 = linear, H = one ReLU layer of H units) is trained with Adam,
+5. Each candidate model (--hidden: 0 = linear, starting from the tuned mix, which it can express
+   exactly; H = one ReLU layer of H units, from a random start) is trained with Adam,
    evaluated after every epoch on the held-out shoppers as the engine would serve it (its exported
    float32 weights, LearnedRanker's arithmetic, the page assembled section by section and ranked
    as train.tune ranks it); the best epoch of the best model by Recall@10, then NDCG@10, wins.
@@ -182,16 +183,33 @@ def segment_logsumexp(s, seg, n):
 
 
 def train_one(hidden, train_t, valid, mean, std, cooc_half, decay, shape, epochs, lr, log,
-              seed=0):
+              mix=None, seed=0):
+    """-> ((recall, ndcg), exported ranker, epoch) of the best epoch on the held-out shoppers.
+    mix (linear only): start from the weights' mix (epoch -1 is the mix itself, exactly: its
+    terms in its order, the others weighted 0), so training departs from it only where the
+    held-out shoppers say it gains."""
     torch.manual_seed(seed)
     X, pos, seg, n_users = train_t
     net = Net(hidden)
+    if mix is not None and not hidden:
+        w = np.zeros(F)
+        for name, key in (("dot", None), ("again", "again"), ("cooc", "cooc"),
+                          ("log_pop", "popularity")):
+            w[RANKER_FEATURES.index(name)] = 1.0 if key is None else float(mix[key])
+        with torch.no_grad():  # standardised: w_std = w std, b_std = w . mean (b folds to 0)
+            net.l2.weight.copy_(torch.as_tensor(w * std).view(1, F))
+            net.l2.bias.fill_(float(w @ mean.astype(np.float64)))
     opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-5)
     # users in minibatches (rows of a user are contiguous)
     starts = np.searchsorted(seg.numpy(), np.arange(n_users + 1))
     rng = np.random.default_rng(seed)
     best = None
     per_batch = 64
+    if mix is not None and not hidden:
+        exported = net.export(mean, std, cooc_half, decay)
+        m = page_metrics(valid, LearnedRanker(exported).score, shape["products"], shape["ranking"])
+        log("  hidden 0 from the mix: held-out recall@10 %.4f ndcg@10 %.4f" % m)
+        best = (m, exported, -1)
     for ep in range(epochs):
         order = rng.permutation(n_users)
         total = 0.0
@@ -287,7 +305,7 @@ def main(argv=None):
     results = {}
     for h in (int(x) for x in a.hidden.split(",")):
         results[h] = train_one(h, train_t, valid, mean, std, cooc_half, decay, shape, a.epochs,
-                               a.lr, log)
+                               a.lr, log, mix_ranker)
     best_h = max(results, key=lambda h: results[h][0])
     (rec, nd), ranker, ep = results[best_h]
     out = {"ranker": ranker, "storefront": shape,
