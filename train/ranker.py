@@ -41,6 +41,7 @@ import torch
 from . import shop as shop_mod
 from .beauty_eval import ranking_metrics
 from .cascade import RANKER_FEATURES, Cascade, LearnedRanker
+from .cascade_batched import BatchedCascade
 from .data import Catalog, Tables, make_request
 from .train import load_checkpoint
 from .tune import GRID, WIDE_GRID, page_ranking, sample_shoppers
@@ -54,19 +55,29 @@ def placeholder(decay, cooc_half=1.0):
             "cooc_half": cooc_half, "hidden": 0, "w1": [], "b1": [], "w2": [0.0] * F, "b2": 0.0}
 
 
-def collect(cascade, shop, catalog, shape, limit, log=None):
-    """-> [(sections [(product indices, X (n, F))], target)] for the sampled validation shoppers."""
+def collect(cascade, shop, catalog, shape, limit, log=None, batch=32):
+    """-> [(sections [(product indices, X (n, F))], target)] for the sampled validation shoppers.
+    cascade: a Cascade, or a BatchedCascade (its beam searches batch shoppers together; the
+    features are the reference's assembly's; keyword and theme scores differ from the
+    reference's by float rounding)."""
     out, t0 = [], time.time()
     users = sample_shoppers(shop, "valid", limit)
-    for i, s in enumerate(users):
-        hist, now, last = shop_mod.holdout(s)
-        req = make_request(hist, now, shop["regions"][s["region"]]["name"], catalog,
-                           shape["sections"], shape["keywords"], shape["products"])
+    for b0 in range(0, len(users), batch):
+        reqs, targets = [], []
+        for s in users[b0:b0 + batch]:
+            hist, now, last = shop_mod.holdout(s)
+            reqs.append(make_request(hist, now, shop["regions"][s["region"]]["name"], catalog,
+                                     shape["sections"], shape["keywords"], shape["products"]))
+            targets.append(last["purchase"])
         got = []
-        cascade.recommend(req, features=got)
-        out.append((got[0], last["purchase"]))
-        if log and (i + 1) % 200 == 0:
-            log("  collected %d/%d shoppers (%.0f s)" % (i + 1, len(users), time.time() - t0))
+        if isinstance(cascade, Cascade):
+            for r in reqs:
+                cascade.recommend(r, features=got)
+        else:
+            cascade.storefronts(reqs, features=got)
+        out.extend(zip(got, targets))
+        if log:
+            log("  collected %d/%d shoppers (%.0f s)" % (len(out), len(users), time.time() - t0))
     return out
 
 
@@ -83,20 +94,23 @@ def page_metrics(data, score_fn, n_products, ranking):
     section's best n not yet shown, by score then lower product index; then the page ranking;
     a target not on the page counts as a miss)."""
     ranks = []
+    n_cat = 1 + max((int(i.max()) for secs, _ in data for i, _ in secs if len(i)), default=0)
+    shown = np.zeros(n_cat, dtype=bool)
     for secs, target in data:
-        shown, page = set(), []
+        page, on_page = [], []
         for idx, X in secs:
-            keep = np.fromiter((p not in shown for p in idx.tolist()), bool, len(idx))
-            if not keep.any():
-                page.append([])
-                continue
+            keep = ~shown[idx]
             ids, s = idx[keep], score_fn(X[keep])
+            if len(s) > n_products:  # only what can be among the best n (ties at the edge kept)
+                near = s >= np.partition(s, len(s) - n_products)[len(s) - n_products]
+                ids, s = ids[near], s[near]
             order = np.lexsort((ids, -s))[:n_products]
-            picked = [{"index": int(ids[o]), "score": float(s[o])} for o in order]
-            shown.update(p["index"] for p in picked)
-            page.append(picked)
+            page.append([{"index": int(ids[o]), "score": float(s[o])} for o in order])
+            shown[ids[order]] = True
+            on_page.extend(ids[order].tolist())
+        shown[on_page] = False
         ranked = page_ranking(page, ranking)
-        ranks.append(ranked.index(target) if target in ranked else len(shown) + 10)
+        ranks.append(ranked.index(target) if target in ranked else len(ranked) + 10)
     m = ranking_metrics(ranks)
     return m["recall@10"], m["ndcg@10"]
 
@@ -249,6 +263,9 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batched", action="store_true", help="decode with the batched cascade "
+                    "(train/cascade_batched.py: faster; the same candidates, scores to float "
+                    "rounding)")
     ap.add_argument("--cache", help="keep the collected features here (.npz) and reuse them")
     ap.add_argument("--tune-mix", metavar="OUT", help="also tune the weights' mix on the same "
                     "shoppers (train.tune's grid and rule, --tuned's decay and page) and write "
@@ -267,7 +284,8 @@ def main(argv=None):
         shop = shop_mod.load(a.shop)
         tables = Tables.from_shop(shop)
         catalog = Catalog.from_shop(shop, model.cfg.code_levels, model.cfg.codebook)
-        cascade = Cascade(model, tables, catalog, ranker=placeholder(decay))
+        cascade = (BatchedCascade if a.batched else Cascade)(model, tables, catalog,
+                                                             ranker=placeholder(decay))
         data = collect(cascade, shop, catalog, shape, a.limit, log)
         if a.cache:
             save_cache(a.cache, data)
@@ -339,16 +357,21 @@ def evaluate_main(argv):
     ap.add_argument("--baselines", help="train.beauty's baselines.json")
     ap.add_argument("--beauty-data", help="the amazon-beauty folder: per-user co-occurrence ranks")
     ap.add_argument("--boot", type=int, default=2000)
+    ap.add_argument("--sample", type=int, help="a seeded random sample of this many test users "
+                    "(the protocol is every user)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     shop = shop_mod.load(a.shop)
     scorer = Scorer(shop)
-    ranks, res = {}, {"systems": {}, "differences": {}}
+    ranks, res, keep = {}, {"systems": {}, "differences": {}}, None
     for name, d in (x.split("=", 1) for x in a.system):
         with open(d + "/ranker.json") as f:
             shape = json.load(f)["storefront"]
         reqs, targets = test_cases(shop, shape)
+        if a.sample and a.sample < len(reqs):
+            keep = sorted(np.random.default_rng(0).choice(len(reqs), a.sample, replace=False))
+            reqs, targets = [reqs[i] for i in keep], [targets[i] for i in keep]
         sfs, dt = run_c(a.vitrine, d, reqs)
         ranks[name] = [scorer.rank(page_ranking([[{"index": scorer.ids[p["id"]],
                                                    "score": p["score"]} for p in s["products"]]
@@ -358,7 +381,7 @@ def evaluate_main(argv):
                                     requests_per_s=round(len(reqs) / dt, 1))
         log("%s: %s" % (name, json.dumps(res["systems"][name])))
     if a.beauty_data and a.baselines:
-        ranks["cooccurrence"] = cooc_ranks(a.beauty_data, a.baselines, targets)
+        ranks["cooccurrence"] = cooc_ranks(a.beauty_data, a.baselines, targets, keep)
         res["systems"]["cooccurrence"] = ranking_metrics(ranks["cooccurrence"])
         log("cooccurrence: %s" % json.dumps(res["systems"]["cooccurrence"]))
     if a.baselines:
@@ -389,22 +412,24 @@ def evaluate_main(argv):
     return 0
 
 
-def cooc_ranks(data, baselines, targets):
+def cooc_ranks(data, baselines, targets, keep=None):
     """Per-user test ranks of train.beauty's tuned co-occurrence baseline (its eval_cooc, with the
-    ranks kept), in train.beauty's user order, which must be the test shop's."""
+    ranks kept), in train.beauty's user order, which must be the test shop's (keep: only those
+    users)."""
     from . import beauty
     with open(baselines) as f:
         p = json.load(f)["systems"]["cooccurrence"]["params"]
     items, seqs = beauty.load(data)
     _, valid, test = beauty.split(seqs)
-    if [t for _, t in test] != list(targets):
+    sample = test if keep is None else [test[i] for i in keep]
+    if [t for _, t in sample] != list(targets):
         raise ValueError("train.beauty's test users are not the test shop's, in order")
     train_plus = [h + [t] for h, t in valid]
     n = len(items)
     c = beauty.cooccurrence(train_plus, n, p["window"], p["direction"])
     pop = beauty.popularity(train_plus, n)
     out = []
-    for hist, target in test:
+    for hist, target in sample:
         score = np.zeros(n)
         for r, h in enumerate(reversed(hist)):
             score += (p["decay"] ** r) * c[h]
