@@ -369,6 +369,66 @@ int vt_bundle_check_calibration(const vt_bundle *b, float strength, vt_err *err)
   return 0;
 }
 
+/* n finite numbers of the JSON array a into out (NULL a, or another length: refused). */
+static int json_floats(const cJSON *a, int n, float *out) {
+  if (!cJSON_IsArray(a) || cJSON_GetArraySize(a) != n) return 0;
+  int i = 0;
+  const cJSON *v;
+  cJSON_ArrayForEach(v, a) {
+    if (!cJSON_IsNumber(v) || !isfinite((float)v->valuedouble)) return 0;
+    out[i++] = (float)v->valuedouble;
+  }
+  return 1;
+}
+
+/* A ranker of kind "learned" (docs/BUNDLE.md): its feature list must be the engine's, in order. */
+static int parse_learned_ranker(vt_ranker_model *lm, const cJSON *r, const char *mpath,
+                                vt_err *err) {
+  static const char *const names[] = VT_RANKER_FEATURE_NAMES;
+  const int F = VT_RANKER_FEATURES;
+  const cJSON *fs = vt_json_get(r, "features"), *hd = vt_json_get(r, "hidden"), *v;
+  const cJSON *ch = vt_json_get(r, "cooc_half"), *b2 = vt_json_get(r, "b2");
+  long long H;
+  if (!cJSON_IsArray(fs) || cJSON_GetArraySize(fs) != F)
+    return vt_fail(err, VT_EFORMAT, "%s: ranker.features must list the engine's %d features",
+                   mpath, F);
+  int i = 0;
+  cJSON_ArrayForEach(v, fs) {
+    if (!cJSON_IsString(v) || strcmp(v->valuestring, names[i]) != 0)
+      return vt_fail(err, VT_EFORMAT, "%s: ranker.features[%d] must be \"%s\"", mpath, i,
+                     names[i]);
+    i++;
+  }
+  if (!json_int(hd, 0, VT_RANKER_MAX_HIDDEN, &H))
+    return vt_fail(err, VT_EFORMAT, "%s: ranker.hidden must be an integer 0..%d", mpath,
+                   VT_RANKER_MAX_HIDDEN);
+  lm->hidden = (int32_t)H;
+  if (!cJSON_IsNumber(ch) || !(ch->valuedouble > 0.0) || !isfinite((float)ch->valuedouble) ||
+      (float)ch->valuedouble <= 0.0f)
+    return vt_fail(err, VT_EFORMAT, "%s: ranker.cooc_half must be a finite number > 0", mpath);
+  lm->cooc_half = (float)ch->valuedouble;
+  if (!cJSON_IsNumber(b2) || !isfinite((float)b2->valuedouble))
+    return vt_fail(err, VT_EFORMAT, "%s: ranker.b2 must be a finite number", mpath);
+  lm->b2 = (float)b2->valuedouble;
+  if (!json_floats(vt_json_get(r, "w2"), H ? (int)H : F, lm->w2))
+    return vt_fail(err, VT_EFORMAT, "%s: ranker.w2 must be a list of %d finite numbers", mpath,
+                   H ? (int)H : F);
+  if (!json_floats(vt_json_get(r, "b1"), (int)H, lm->b1))
+    return vt_fail(err, VT_EFORMAT, "%s: ranker.b1 must be a list of %d finite numbers", mpath,
+                   (int)H);
+  const cJSON *w1 = vt_json_get(r, "w1");
+  if (!cJSON_IsArray(w1) || cJSON_GetArraySize(w1) != H)
+    return vt_fail(err, VT_EFORMAT, "%s: ranker.w1 must be a list of %d rows", mpath, (int)H);
+  i = 0;
+  cJSON_ArrayForEach(v, w1) {
+    if (!json_floats(v, F, lm->w1 + (size_t)i * F))
+      return vt_fail(err, VT_EFORMAT, "%s: ranker.w1[%d] must be a list of %d finite numbers",
+                     mpath, i, F);
+    i++;
+  }
+  return 0;
+}
+
 static int parse_settings(vt_bundle *b, const cJSON *m, const char *mpath, vt_err *err) {
   static const char *const decode_keys[] = {"theme_beam", "keyword_beam", NULL};
   static const char *const limit_keys[] = {"max_sections", "max_keywords_per_section",
@@ -387,6 +447,8 @@ static int parse_settings(vt_bundle *b, const cJSON *m, const char *mpath, vt_er
   b->theme_beam = b->keyword_beam = 8;
   b->rank_again = b->rank_cooc = b->rank_popularity = 0.0f;
   b->rank_decay = 0.8f;
+  memset(&b->rank_model, 0, sizeof b->rank_model);
+  b->rank_model.hidden = -1;
   b->max_sections = 16;
   b->max_keywords_per_section = 16;
   b->max_products_per_section = 64;
@@ -404,6 +466,13 @@ static int parse_settings(vt_bundle *b, const cJSON *m, const char *mpath, vt_er
                        rank_keys[i]);
       *rank_vals[i] = (float)j->valuedouble;
     }
+    const cJSON *kind = vt_json_get(r, "kind");
+    if (kind && !(cJSON_IsString(kind) && (strcmp(kind->valuestring, "mix") == 0 ||
+                                           strcmp(kind->valuestring, "learned") == 0)))
+      return vt_fail(err, VT_EFORMAT, "%s: ranker.kind must be \"mix\" or \"learned\"", mpath);
+    if (kind && strcmp(kind->valuestring, "learned") == 0 &&
+        (rc = parse_learned_ranker(&b->rank_model, r, mpath, err)) != 0)
+      return rc;
   }
   vt_err ce = {0};
   if (vt_bundle_check_calibration(b, b->rank_calibration, &ce))

@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kernels/decode.h"
 #include "safetensors.h"
 #include "status.h"
 
@@ -92,6 +93,7 @@ typedef struct vt_bundle {
   int theme_beam, keyword_beam;                         /* manifest "decode" */
   float rank_again, rank_cooc, rank_popularity, rank_decay; /* manifest "ranker" */
   float rank_calibration; /* manifest ranker.calibration, 0..1 (kernels/calib.h); 0: off */
+  vt_ranker_model rank_model; /* manifest "ranker" of kind "learned"; hidden -1: kind "mix" */
   int max_sections, max_keywords_per_section, max_products_per_section, max_query_bytes;
   int n_regions;
   vt_region *regions;

@@ -1091,7 +1091,7 @@ static int decode_and_page(vt_engine *e, const dims *d, const bufs *u, float *fi
                         b->rank_calibration};
   e->page_dirty = 1;
   OP(be->page_assemble(be, u->out, u->req, u->hist, u->excl, u->user, u->g2, e->shelf, rk,
-                       d->Bc, d->max_cands, e->page_scratch),
+                       b->rank_model, d->Bc, d->max_cands, e->page_scratch),
      "page_assemble");
   e->page_dirty = 0;
   if (timed) {

@@ -85,8 +85,8 @@ struct vt_backend {
   size_t (*page_scratch)(int P, int max_cands, int B);
   int (*page_assemble)(vt_backend *be, vt_storefront *out, const vt_page_req *req,
                        const int32_t *hist, const int32_t *excl, const float *user,
-                       vt_beam_groups g2, vt_shelf shelf, vt_ranker rk, int B, int max_cands,
-                       void *scratch);
+                       vt_beam_groups g2, vt_shelf shelf, vt_ranker rk, vt_ranker_model lm,
+                       int B, int max_cands, void *scratch);
 
   /* CUDA graphs, or NULL where the backend has none: the ops enqueued between capture_begin and
    * capture_end are recorded into *graph instead of run; replay runs them again with the same

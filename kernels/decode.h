@@ -206,6 +206,35 @@ typedef struct vt_ranker {
 #define VT_CALIB_CATEGORIES 256
 #define VT_CALIB_ALPHA 0.01
 
+/* A learned ranker (manifest "ranker" of kind "learned", docs/BUNDLE.md; train/ranker.py trains
+ * it): when hidden >= 0 it scores the candidates in place of vt_ranker's mix (whose decay still
+ * weighs the history). Features (kernels/ranker.h computes them), in this order:
+ *   dot          user . emb[p], the retrieval head's score
+ *   again, cooc  vt_ranker's decayed counts of p and of its related products in the history
+ *   cooc_sat     cooc / (cooc + cooc_half)
+ *   log_pop      log1p(popularity), the catalogue's
+ *   in_history   1 when again > 0
+ *   recency      1 / (1 + k), k the position from the newest of the newest history product that
+ *                is p or relates to p (0: none)
+ *   keyword_score, keyword_rank  the beam score and rank in the section of p's keyword
+ *   theme_score, section         the section's theme's beam score and the section's index
+ * hidden 0: score = b2 + w2 . x (w2 has VT_RANKER_FEATURES entries); hidden H > 0: one ReLU layer,
+ * score = b2 + sum_j w2[j] relu(b1[j] + w1[j] . x). Passed by value (a few KiB), so a GPU reads it
+ * from the kernel's parameters. */
+#define VT_RANKER_FEATURES 11
+#define VT_RANKER_MAX_HIDDEN 32
+#define VT_RANKER_FEATURE_NAMES                                                                   \
+  {"dot", "again", "cooc", "cooc_sat", "log_pop", "in_history", "recency", "keyword_score",        \
+   "keyword_rank", "theme_score", "section"}
+typedef struct vt_ranker_model {
+  int32_t hidden;  /* -1: none (vt_ranker's mix scores); 0: linear; else hidden units */
+  float cooc_half; /* > 0 */
+  float b2;
+  float w1[VT_RANKER_MAX_HIDDEN * VT_RANKER_FEATURES]; /* (H, F) */
+  float b1[VT_RANKER_MAX_HIDDEN];                      /* (H) */
+  float w2[VT_RANKER_MAX_HIDDEN];                      /* (H), or (F) when hidden is 0 */
+} vt_ranker_model;
+
 /* Per request i < B and section s < out[i].n_sections, in order: the section's best `keywords`
  * finished keywords of group group0 + s (score, then lower phrase id) that shelf.kw_block does not
  * block for the request's region and season; the products its keywords retrieve, in keyword
@@ -213,8 +242,9 @@ typedef struct vt_ranker {
  * out-of-stock, not-sold-in-the-region, out-of-season or prod_block-blocked ones; scored
  *   user[i] . emb[p] + again * again_p + cooc * cooc_p + popularity * log_pop[p]
  * (again_p, cooc_p: decayed counts of p and of its related products in the history, newest
- * first); products already shown in an earlier section of the page skipped; the best `products`
- * by score, then lower product id. With rk.calibration l > 0 and a history with products, the
+ * first), or by the learned ranker lm where lm.hidden >= 0; products already shown in an
+ * earlier section of the page skipped; the best `products` by score, then lower product id.
+ * With rk.calibration l > 0 and a history with products, the
  * `products` are instead taken one at a time (Steck 2018, greedy): the candidate maximising
  *   (1 - l) * score - l * KL(p || (1 - a) q + a p)   (in double; ties: the lower product id)
  * where p is the distribution of the history's products' categories (counts), q that of the
@@ -225,7 +255,7 @@ typedef struct vt_ranker {
 size_t vt_page_scratch(int P, int max_cands, int B);
 void vt_page_assemble(vt_storefront *out, const vt_page_req *req, const int32_t *hist,
                       const int32_t *excl, const float *user, vt_beam_groups g2, vt_shelf shelf,
-                      vt_ranker rk, int B, int max_cands, void *scratch);
+                      vt_ranker rk, vt_ranker_model lm, int B, int max_cands, void *scratch);
 
 /* ---- small ops of the encoder ------------------------------------------------------------- */
 /* out[t * R + r] = src[r] for t < times: `times` copies of R rows of C floats. */

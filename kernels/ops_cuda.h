@@ -187,8 +187,8 @@ int vt_beam_themes_to_keywords_cuda(vt_storefront *out, vt_beam_rows rows2, vt_b
 size_t vt_page_scratch_cuda(int P, int max_cands, int B);
 int vt_page_assemble_cuda(vt_storefront *out, const vt_page_req *req, const int32_t *hist,
                           const int32_t *excl, const float *user, vt_beam_groups g2,
-                          vt_shelf shelf, vt_ranker rk, int B, int max_cands, void *scratch,
-                          void *stream);
+                          vt_shelf shelf, vt_ranker rk, vt_ranker_model lm, int B,
+                          int max_cands, void *scratch, void *stream);
 
 #ifdef __cplusplus
 }

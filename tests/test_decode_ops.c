@@ -683,12 +683,21 @@ static void page_case(vt_backend *be, int seed) {
   vt_shelf hs = {P,       R,       kw_off,  kw_prod,  stock,      regions, seasons, emb,
                  log_pop, rel_off, rel_idx, rel_w,    kw_block,   prod_block, codes, L};
   const vt_ranker rk = {1.5f, 0.75f, 0.25f, 0.5f, calibration};
+  /* a third of the seeds each: the weights' mix, a learned linear ranker, a learned MLP (drawn
+   * last, so the rest of the case is the same whichever scores) */
+  vt_ranker_model lm = {.hidden = seed % 3 - 1, .cooc_half = 0.375f, .b2 = dyadic()};
+  for (int k = 0; k < VT_RANKER_MAX_HIDDEN * VT_RANKER_FEATURES; k++)
+    lm.w1[k] = dyadic();
+  for (int k = 0; k < VT_RANKER_MAX_HIDDEN; k++)
+    lm.b1[k] = dyadic(), lm.w2[k] = dyadic();
+  if (lm.hidden > 0)
+    lm.hidden = 1 + rint_(VT_RANKER_MAX_HIDDEN);
   int max_cands = 0;
   for (int k = 0; k < NK; k++)
     max_cands = kw_off[k + 1] - kw_off[k] > max_cands ? kw_off[k + 1] - kw_off[k] : max_cands;
   max_cands *= 4;
   void *hscr = xcalloc(vt_page_scratch(P, max_cands, B), 1);
-  vt_page_assemble(out, req, hist, excl, user, s2.g, hs, rk, B, max_cands, hscr);
+  vt_page_assemble(out, req, hist, excl, user, s2.g, hs, rk, lm, B, max_cands, hscr);
   mirror m = {.be = be};
   state d2;
   state_mirror(&m, &d2, &s2);
@@ -716,8 +725,8 @@ static void page_case(vt_backend *be, int seed) {
   const int32_t *dhist = dput(&m, hist, (size_t)(nh ? nh : 1) * 4),
                 *dexcl = dput(&m, excl, (size_t)(nx ? nx : 1) * 4);
   const float *duser = dput(&m, user, (size_t)B * R * 4);
-  cr_assert_eq(be->page_assemble(be, dout, dreq, dhist, dexcl, duser, d2.g, ds, rk, B, max_cands,
-                                 dscr),
+  cr_assert_eq(be->page_assemble(be, dout, dreq, dhist, dexcl, duser, d2.g, ds, rk, lm, B,
+                                 max_cands, dscr),
                0, "%s", be->error(be));
   /* twice on the same scratch: a mark or feature left behind by the first would change the
    * second (the scratch must be left as it was found, ready for the next batch) */
@@ -726,8 +735,8 @@ static void page_case(vt_backend *be, int seed) {
       for (int i = 0; i < B; i++)
         got[i].n_sections = out[i].n_sections;
       cr_assert_eq(be->upload(be, dout, got, (size_t)B * sizeof *got), 0);
-      cr_assert_eq(be->page_assemble(be, dout, dreq, dhist, dexcl, duser, d2.g, ds, rk, B,
-                                     max_cands, dscr),
+      cr_assert_eq(be->page_assemble(be, dout, dreq, dhist, dexcl, duser, d2.g, ds, rk, lm,
+                                     B, max_cands, dscr),
                    0, "%s", be->error(be));
     }
     dget(&m, got, dout, (size_t)B * sizeof *got);
@@ -783,6 +792,9 @@ ON_BOTH(page, page_case, 24)
  *   0.5 log(1 / 0.505) beats 0.5 * 2); pick 3: 1 (0.5 * 5 - 0.5 log(1 / 0.34) beats 0.5 * 2 -
  *   0.5 log(1 / 0.67)), so 3 0 1.
  * Without a history the page is the plain one at any strength. The scores are the products'. */
+/* the weights' mix scores (no learned ranker) */
+static const vt_ranker_model MIX = {.hidden = -1};
+
 static void calib_page(int32_t *got, int n_hist, float strength) {
   int32_t kw_off[2] = {0, 6}, kw_prod[6] = {0, 1, 2, 3, 4, 5}, stock[6] = {1, 1, 1, 1, 1, 1};
   int32_t rel_off[7] = {0}, rel_idx[1] = {0}, codes[12] = {1, 7, 1, 8, 1, 9, 0, 7, 0, 8, 0, 9};
@@ -801,7 +813,7 @@ static void calib_page(int32_t *got, int n_hist, float strength) {
   s2.g.fin_score[0] = -1.0f;
   vt_storefront out = {.n_sections = 1};
   void *scr = xcalloc(vt_page_scratch(6, 6, 1), 1);
-  vt_page_assemble(&out, &req, hist, excl, user, s2.g, sh, rk, 1, 6, scr);
+  vt_page_assemble(&out, &req, hist, excl, user, s2.g, sh, rk, MIX, 1, 6, scr);
   cr_assert_eq(out.sections[0].n_products, 3);
   for (int k = 0; k < 3; k++) {
     got[k] = out.sections[0].products[k].product;
@@ -825,4 +837,166 @@ Test(decode_ops, calibration_by_hand) {
       cr_assert_eq(got[k], cases[c].want[k], "history %d, strength %g: product %d is %d, not %d",
                    cases[c].n_hist, (double)cases[c].strength, k, got[k], cases[c].want[k]);
   }
+}
+
+/* ---- the learned ranker's features, one at a time ------------------------------------------ */
+/* A small hand-made page scored by a learned linear ranker that is one feature (w2 = e_i): every
+ * product's score must be that feature as the test computes it here from its definition
+ * (kernels/decode.h vt_ranker_model), so a feature computed wrongly, or put in another place,
+ * fails; then a small MLP against the same features in double. */
+enum { LR_P = 8, LR_R = 2, LR_NK = 4 };
+
+typedef struct lr_world {
+  int32_t kw_off[LR_NK + 1], kw_prod[16], stock[LR_P], rel_off[LR_P + 1], rel_idx[8];
+  uint32_t regions[LR_P];
+  uint8_t seasons[LR_P];
+  float emb[LR_P * LR_R], log_pop[LR_P], rel_w[8], user[LR_R];
+  int32_t hist[3];
+  vt_page_req req;
+  state s2;
+  vt_shelf sh;
+} lr_world;
+
+static void lr_world_make(lr_world *w) {
+  memset(w, 0, sizeof *w);
+  /* keyword k's products: 0 -> {0,1,2}, 1 -> {2,3,4}, 2 -> {5,6}, 3 -> {7,1} */
+  static const int32_t lists[LR_NK][3] = {{0, 1, 2}, {2, 3, 4}, {5, 6, -1}, {7, 1, -1}};
+  for (int k = 0; k < LR_NK; k++) {
+    int n = 0;
+    for (int j = 0; j < 3 && lists[k][j] >= 0; j++)
+      w->kw_prod[w->kw_off[k] + n++] = lists[k][j];
+    w->kw_off[k + 1] = w->kw_off[k] + n;
+  }
+  for (int p = 0; p < LR_P; p++) {
+    w->stock[p] = 1, w->regions[p] = 1, w->seasons[p] = 15;
+    w->log_pop[p] = (float)p / 4.0f;
+    for (int r = 0; r < LR_R; r++)
+      w->emb[p * LR_R + r] = (float)((p * 3 + r * 5) % 7 - 3) / 4.0f;
+  }
+  w->user[0] = 0.5f, w->user[1] = -0.75f;
+  /* related: 3 -> {5 (0.5)}, 0 -> {6 (0.25), 3 (1.0)} */
+  for (int p = 0, n = 0; p < LR_P; p++) {
+    if (p == 3)
+      w->rel_idx[n] = 5, w->rel_w[n++] = 0.5f;
+    if (p == 0)
+      w->rel_idx[n] = 6, w->rel_w[n++] = 0.25f, w->rel_idx[n] = 3, w->rel_w[n++] = 1.0f;
+    w->rel_off[p + 1] = n;
+  }
+  w->hist[0] = 3, w->hist[1] = 0, w->hist[2] = 3; /* oldest first */
+  w->req = (vt_page_req){.sections = 2, .keywords = 2, .products = 64, .kw_width = 2,
+                         .group0 = 0, .region = 0, .season = 0, .hist0 = 0, .n_hist = 3};
+  state_alloc(&w->s2, 1, 2, 4, 4, 1, 0);
+  /* section 0 finds keywords 1 (-0.5) and 0 (-0.25); section 1 keywords 2 (-1) and 3 (-1.5) */
+  const int32_t ph[2][2] = {{1, 0}, {2, 3}};
+  const float sc[2][2] = {{-0.5f, -0.25f}, {-1.0f, -1.5f}};
+  for (int g = 0; g < 2; g++) {
+    w->s2.g.n_fin[g] = 2;
+    for (int f = 0; f < 2; f++)
+      w->s2.g.fin_phrase[g * 4 + f] = ph[g][f], w->s2.g.fin_score[g * 4 + f] = sc[g][f];
+  }
+  w->sh = (vt_shelf){LR_P,        LR_R,      w->kw_off,  w->kw_prod, w->stock,
+                     w->regions,  w->seasons, w->emb,     w->log_pop, w->rel_off,
+                     w->rel_idx,  w->rel_w,   NULL,       NULL,       NULL,
+                     0};
+}
+
+/* The features of product p in section s of the answer, from their definitions (decay 0.5). */
+static void lr_expected(const lr_world *w, const vt_section *sec, int s, int p, float cooc_half,
+                        double *x) {
+  double again = 0, cooc = 0, dot = 0, recency = 0, wgt = 1;
+  for (int k = 0; k < 3; k++, wgt *= 0.5) { /* k-th newest */
+    const int h = w->hist[2 - k];
+    int relates = h == p;
+    again += h == p ? wgt : 0;
+    for (int i = w->rel_off[h]; i < w->rel_off[h + 1]; i++)
+      if (w->rel_idx[i] == p)
+        cooc += wgt * w->rel_w[i], relates = 1;
+    if (relates && recency == 0)
+      recency = 1.0 / (1 + k);
+  }
+  for (int r = 0; r < LR_R; r++)
+    dot += (double)w->user[r] * w->emb[p * LR_R + r];
+  int rank = -1; /* the section's first keyword that retrieves p */
+  for (int k = 0; k < sec->n_keywords && rank < 0; k++)
+    for (int i = w->kw_off[sec->keyword[k]]; i < w->kw_off[sec->keyword[k] + 1]; i++)
+      if (w->kw_prod[i] == p)
+        rank = k;
+  const double v[VT_RANKER_FEATURES] = {dot,
+                                        again,
+                                        cooc,
+                                        cooc / (cooc + cooc_half),
+                                        w->log_pop[p],
+                                        again > 0,
+                                        recency,
+                                        sec->keyword_score[rank],
+                                        rank,
+                                        sec->theme_score,
+                                        s};
+  memcpy(x, v, sizeof v);
+}
+
+static void lr_run(lr_world *w, vt_storefront *out, vt_ranker_model lm) {
+  memset(out, 0, sizeof *out);
+  out->n_sections = 2;
+  out->sections[0].theme_score = -0.125f, out->sections[1].theme_score = -0.75f;
+  const vt_ranker rk = {100.0f, 100.0f, 100.0f, 0.5f, 0.0f}; /* the mix's weights: unused */
+  void *scr = xcalloc(vt_page_scratch(LR_P, 16, 1), 1);
+  vt_page_assemble(out, &w->req, w->hist, w->hist, w->user, w->s2.g, w->sh, rk, lm, 1, 16, scr);
+  free(scr);
+}
+
+Test(decode_ops, learned_ranker_scores_each_feature_as_defined) {
+  static const char *const names[] = VT_RANKER_FEATURE_NAMES;
+  lr_world w;
+  lr_world_make(&w);
+  vt_storefront out;
+  for (int f = 0; f < VT_RANKER_FEATURES; f++) {
+    vt_ranker_model lm = {.hidden = 0, .cooc_half = 0.375f};
+    lm.w2[f] = 1.0f;
+    lr_run(&w, &out, lm);
+    /* section 0: products 0..4; section 1: 5, 6, 7 (1 was shown in section 0) */
+    cr_assert_eq(out.sections[0].n_products, 5, "%s", names[f]);
+    cr_assert_eq(out.sections[1].n_products, 3, "%s", names[f]);
+    cr_assert(out.sections[0].keyword[0] == 0 && out.sections[0].keyword[1] == 1);
+    int features_nonzero = 0;
+    for (int s = 0; s < 2; s++)
+      for (int k = 0; k < out.sections[s].n_products; k++) {
+        const vt_hit *h = &out.sections[s].products[k];
+        double x[VT_RANKER_FEATURES];
+        lr_expected(&w, &out.sections[s], s, h->product, lm.cooc_half, x);
+        features_nonzero += x[f] != 0;
+        cr_expect(fabs(h->score - x[f]) <= 1e-6 * (1 + fabs(x[f])),
+                  "feature %s: section %d product %d scored %.9g, its %s is %.9g", names[f], s,
+                  h->product, h->score, names[f], x[f]);
+        if (k > 0) /* ranked by it, then the lower product */
+          cr_expect(h[-1].score > h->score ||
+                    (h[-1].score == h->score && h[-1].product < h->product));
+      }
+    cr_assert_gt(features_nonzero, 0, "the page does not exercise feature %s", names[f]);
+  }
+  /* one ReLU layer of 3 units over all features */
+  vt_ranker_model lm = {.hidden = 3, .cooc_half = 0.375f, .b2 = 0.25f};
+  for (int j = 0; j < 3; j++) {
+    for (int i = 0; i < VT_RANKER_FEATURES; i++)
+      lm.w1[j * VT_RANKER_FEATURES + i] = (float)((i * 7 + j * 3) % 9 - 4) / 4.0f;
+    lm.b1[j] = (float)j / 2.0f - 0.5f;
+    lm.w2[j] = (float)(j + 1) / 2.0f * (j == 1 ? -1.0f : 1.0f);
+  }
+  lr_run(&w, &out, lm);
+  for (int s = 0; s < 2; s++)
+    for (int k = 0; k < out.sections[s].n_products; k++) {
+      const vt_hit *h = &out.sections[s].products[k];
+      double x[VT_RANKER_FEATURES], want = lm.b2;
+      lr_expected(&w, &out.sections[s], s, h->product, lm.cooc_half, x);
+      for (int j = 0; j < 3; j++) {
+        double a = lm.b1[j];
+        for (int i = 0; i < VT_RANKER_FEATURES; i++)
+          a += (double)lm.w1[j * VT_RANKER_FEATURES + i] * x[i];
+        want += lm.w2[j] * (a > 0 ? a : 0);
+      }
+      cr_expect(fabs(h->score - want) <= 1e-5 * (1 + fabs(want)),
+                "MLP: section %d product %d scored %.9g, want %.9g", s, h->product, h->score,
+                want);
+    }
+  state_free(&w.s2);
 }

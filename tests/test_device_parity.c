@@ -37,11 +37,12 @@ typedef struct fixture {
 } fixture;
 
 static fixture fx;
+static const char *variant = ""; /* "" or "learned/" (the fixture's learned ranker) */
 
 static void path_of(char *out, size_t n, const char *name) {
   const char *dir = getenv("VT_FIXTURE");
   cr_assert(dir, "VT_FIXTURE is not set (ctest sets it; or run python3 -m train.fixture)");
-  snprintf(out, n, "%s/%s", dir, name);
+  snprintf(out, n, "%s/%s%s", dir, strcmp(name, "catalog") == 0 ? "" : variant, name);
 }
 
 static void setup(void) {
@@ -150,6 +151,21 @@ static void run_and_compare(int i0, int n, int size, const char *how) {
 }
 
 TestSuite(device_parity, .init = setup, .fini = teardown, .timeout = 600);
+
+/* The fixture's bundle with a learned ranker (VT_FIXTURE/learned/bundle): the page step's other
+ * scoring path. */
+static void setup_learned(void) {
+  variant = "learned/";
+  setup();
+  cr_assert(!fx.b || fx.b->rank_model.hidden > 0, "the learned fixture's ranker did not load");
+}
+
+TestSuite(device_parity_learned, .init = setup_learned, .fini = teardown, .timeout = 600);
+
+Test(device_parity_learned, the_same_storefronts_in_any_batching) {
+  need_device();
+  run_and_compare(0, fx.n, fx.n, "learned ranker, one batch");
+}
 
 /* ---- traced tensors: the device's against the CPU's ------------------------------------------- */
 typedef struct traced {

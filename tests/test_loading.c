@@ -184,6 +184,7 @@ Test(bundle, config_and_settings) {
   cr_assert_eq(b->rank_cooc, 6.0f);
   cr_assert_eq(b->rank_popularity, 0.3f);
   cr_assert_eq(b->rank_decay, 0.8f);
+  cr_assert_eq(b->rank_model.hidden, -1, "a ranker without a kind is the weights' mix");
   cr_assert_eq(b->theme_beam, 8);
   cr_assert_eq(b->keyword_beam, 8);
   cr_assert_eq(b->max_sections, 16);
@@ -1375,4 +1376,96 @@ Test(safetensors, touching_and_empty_tensors_do_not_overlap) {
   cr_assert_not_null(x, "an empty tensor still converts");
   free(x);
   vt_st_close(st);
+}
+
+/* ---- a learned ranker (manifest "ranker" of kind "learned") --------------------------------- */
+Test(bundle, learned_ranker_loads_its_weights) {
+  char path[PATHLEN];
+  vt_err err = {0};
+  vt_bundle *b = NULL;
+  fixture_path(path, "learned/bundle");
+  cr_assert_eq(vt_bundle_load(&b, path, &err), 0, "%s", err.msg);
+  fixture_path(path, "learned/bundle/manifest.json");
+  cJSON *m = json_load(path);
+  const cJSON *r = cJSON_GetObjectItem(m, "ranker");
+  const int H = cJSON_GetObjectItem(r, "hidden")->valueint, F = VT_RANKER_FEATURES;
+  cr_assert_eq(b->rank_model.hidden, H);
+  cr_assert_gt(H, 0);
+  cr_assert_eq(b->rank_model.cooc_half, (float)cJSON_GetObjectItem(r, "cooc_half")->valuedouble);
+  cr_assert_eq(b->rank_model.b2, (float)cJSON_GetObjectItem(r, "b2")->valuedouble);
+  cr_assert_eq(b->rank_decay, (float)cJSON_GetObjectItem(r, "decay")->valuedouble);
+  for (int j = 0; j < H; j++) {
+    const cJSON *row = cJSON_GetArrayItem(cJSON_GetObjectItem(r, "w1"), j);
+    for (int i = 0; i < F; i++)
+      cr_assert_eq(b->rank_model.w1[j * F + i], (float)cJSON_GetArrayItem(row, i)->valuedouble,
+                   "w1[%d][%d]", j, i);
+    cr_assert_eq(b->rank_model.b1[j],
+                 (float)cJSON_GetArrayItem(cJSON_GetObjectItem(r, "b1"), j)->valuedouble);
+    cr_assert_eq(b->rank_model.w2[j],
+                 (float)cJSON_GetArrayItem(cJSON_GetObjectItem(r, "w2"), j)->valuedouble);
+  }
+  cJSON_Delete(m);
+  vt_bundle_free(b);
+}
+
+/* The copy's manifest gets a valid learned ranker (2 hidden units), then mutation g_bad. */
+static int g_bad;
+
+static cJSON *numbers(int n, double v) {
+  cJSON *a = cJSON_CreateArray();
+  for (int i = 0; i < n; i++) cJSON_AddItemToArray(a, cJSON_CreateNumber(v + 0.125 * i));
+  return a;
+}
+
+static void set_learned_ranker(cJSON *m) {
+  static const char *const names[] = VT_RANKER_FEATURE_NAMES;
+  const int F = VT_RANKER_FEATURES;
+  cJSON *r = cJSON_CreateObject(), *fs = cJSON_CreateArray(), *w1 = cJSON_CreateArray();
+  for (int i = 0; i < F; i++)
+    cJSON_AddItemToArray(fs, cJSON_CreateString(g_bad == 1 && i == 3 ? "cooc_saturated" : names[i]));
+  for (int j = 0; j < 2; j++) cJSON_AddItemToArray(w1, numbers(g_bad == 3 && j == 1 ? F - 1 : F, -0.5));
+  cJSON_AddStringToObject(r, "kind", g_bad == 6 ? "forest" : "learned");
+  cJSON_AddNumberToObject(r, "decay", 0.5);
+  if (g_bad != 2) cJSON_AddItemToObject(r, "features", fs);
+  else cJSON_Delete(fs);
+  cJSON_AddNumberToObject(r, "hidden", g_bad == 4 ? VT_RANKER_MAX_HIDDEN + 1 : 2);
+  cJSON_AddNumberToObject(r, "cooc_half", g_bad == 5 ? 0.0 : 0.25);
+  cJSON_AddItemToObject(r, "w1", w1);
+  cJSON_AddItemToObject(r, "b1", numbers(2, 0.25));
+  if (g_bad == 7) cJSON_AddStringToObject(r, "w2", "[1, 2]");
+  else cJSON_AddItemToObject(r, "w2", numbers(2, 1.0));
+  cJSON_AddNumberToObject(r, "b2", 0.0);
+  cJSON_ReplaceItemInObject(m, "ranker", r);
+}
+
+Test(corrupt, learned_ranker_loads) {
+  g_bad = 0;
+  edit_manifest(g_bundle, set_learned_ranker);
+  vt_err err = {0};
+  vt_bundle *b = NULL;
+  cr_assert_eq(vt_bundle_load(&b, g_bundle, &err), 0, "%s", err.msg);
+  cr_assert_eq(b->rank_model.hidden, 2);
+  cr_assert_eq(b->rank_model.cooc_half, 0.25f);
+  cr_assert_eq(b->rank_model.w1[1 * VT_RANKER_FEATURES + 4], -0.5f + 0.125f * 4);
+  cr_assert_eq(b->rank_model.w2[1], 1.125f);
+  cr_assert_eq(b->rank_decay, 0.5f);
+  vt_bundle_free(b);
+}
+
+Test(corrupt, malformed_learned_ranker_is_refused_naming_the_field) {
+  static const char *const field[] = {NULL,           "ranker.features[3]", "ranker.features",
+                                      "ranker.w1[1]", "ranker.hidden",      "ranker.cooc_half",
+                                      "ranker.kind",  "ranker.w2"};
+  char orig[PATHLEN], mpath[PATHLEN];
+  in(mpath, g_bundle, "manifest.json");
+  in(orig, g_tmp, "manifest.orig");
+  copy_file(mpath, orig);
+  for (g_bad = 1; g_bad <= 7; g_bad++) {
+    copy_file(orig, mpath);
+    edit_manifest(g_bundle, set_learned_ranker);
+    vt_err err = {0};
+    cr_assert_eq(load_copy_bundle(&err), VT_EFORMAT, "mutation %d loaded", g_bad);
+    assert_msg_has(err, mpath);
+    assert_msg_has(err, field[g_bad]);
+  }
 }

@@ -1,7 +1,9 @@
 /* Parity of the C engine with the PyTorch reference on the golden requests of the fixture bundle
  * (train/fixture.py, made by ctest's fixture_bundle step; VT_FIXTURE names its directory):
  * every intermediate tensor within 1e-4 relative error, and identical theme, keyword and product
- * ids, in order, for every request; the same answers whatever the batch size. */
+ * ids, in order, for every request; the same answers whatever the batch size. The parity_learned
+ * suite does the same for the fixture's bundle with a learned ranker (VT_FIXTURE/learned/: its
+ * bundle and golden file; the catalogue is the fixture's). */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
@@ -27,11 +29,12 @@ typedef struct fixture {
 } fixture;
 
 static fixture fx;
+static const char *variant = ""; /* "" or "learned/": where the bundle and golden file are */
 
 static void path_of(char *out, size_t n, const char *name) {
   const char *dir = getenv("VT_FIXTURE");
   cr_assert(dir, "VT_FIXTURE is not set (ctest sets it; or run python3 -m train.fixture)");
-  snprintf(out, n, "%s/%s", dir, name);
+  snprintf(out, n, "%s/%s%s", dir, strcmp(name, "catalog") == 0 ? "" : variant, name);
 }
 
 static void setup(void) {
@@ -148,7 +151,7 @@ static void compare_front(int i, const vt_storefront *s) {
 
 TestSuite(parity, .init = setup, .fini = teardown, .timeout = 300);
 
-Test(parity, every_tensor_and_id_matches_the_reference_one_request_at_a_time) {
+static void check_one_at_a_time(void) {
   vt_err err = {0};
   vt_storefront s;
   trace_state ts = {0};
@@ -164,7 +167,7 @@ Test(parity, every_tensor_and_id_matches_the_reference_one_request_at_a_time) {
               ts.worst_name);
 }
 
-Test(parity, a_batch_of_all_requests_gives_the_same_storefronts) {
+static void check_batches(void) {
   vt_err err = {0};
   vt_storefront *s = calloc((size_t)fx.n, sizeof *s);
   trace_state ts = {0};
@@ -181,3 +184,23 @@ Test(parity, a_batch_of_all_requests_gives_the_same_storefronts) {
     compare_front(i, &s[i]);
   free(s);
 }
+
+Test(parity, every_tensor_and_id_matches_the_reference_one_request_at_a_time) {
+  check_one_at_a_time();
+}
+
+Test(parity, a_batch_of_all_requests_gives_the_same_storefronts) { check_batches(); }
+
+static void setup_learned(void) {
+  variant = "learned/";
+  setup();
+  cr_assert_eq(fx.b->rank_model.hidden, 6, "the learned fixture's ranker did not load");
+}
+
+TestSuite(parity_learned, .init = setup_learned, .fini = teardown, .timeout = 300);
+
+Test(parity_learned, every_tensor_and_id_matches_the_reference_one_request_at_a_time) {
+  check_one_at_a_time();
+}
+
+Test(parity_learned, a_batch_of_all_requests_gives_the_same_storefronts) { check_batches(); }

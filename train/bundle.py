@@ -174,7 +174,10 @@ def export_bundle(out_dir, model, tables, metrics=None, force=False, name="stude
                  ["%d\t%s" % (i, k) for i, k in enumerate(tables.keyword_texts)])
     files = {f: {"sha256": sha256_file(os.path.join(tmp, f)),
                  "bytes": os.path.getsize(os.path.join(tmp, f))} for f in BUNDLE_FILES}
-    from .cascade import DEFAULT_RANKER, KEYWORD_BEAM, THEME_BEAM
+    from .cascade import DEFAULT_RANKER, KEYWORD_BEAM, THEME_BEAM, learned_ranker
+    ranker = dict(DEFAULT_RANKER, **(ranker or {}))
+    if learned_ranker(ranker) is not None:  # refused here, not by the engine, when malformed
+        ranker = {k: v for k, v in ranker.items() if k not in ("again", "cooc", "popularity")}
     manifest = {
         "format": BUNDLE_FORMAT, "format_version": FORMAT_VERSION,
         "model_version": "%s-%s" % (name, files["model.safetensors"]["sha256"][:12]),
@@ -182,7 +185,7 @@ def export_bundle(out_dir, model, tables, metrics=None, force=False, name="stude
         "decode": decode or {"theme_beam": THEME_BEAM, "keyword_beam": KEYWORD_BEAM},
         "special_tokens": {s.strip("<>"): i for i, s in enumerate(SPECIALS)},
         "actions": list(ACTIONS), "regions": tables.regions, "limits": LIMITS,
-        "ranker": dict(DEFAULT_RANKER, **(ranker or {})),
+        "ranker": ranker,
         "files": files, "metrics": metrics or {},
     }
     with open(os.path.join(tmp, "manifest.json"), "w") as f:

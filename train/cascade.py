@@ -10,7 +10,8 @@
    region, not suited to the region's season at `now`, already shown in an earlier section);
    scored by the retrieval head plus item-to-item features of the history (see pick and
    history_features; weights tuned on validation shoppers by train.tune and carried in the
-   bundle's manifest); the best `products_per_section` kept. A product is credited to the first
+   bundle's manifest), or by a learned ranker (LearnedRanker, trained by train.ranker, over
+   ranker_features); the best `products_per_section` kept. A product is credited to the first
    (best) keyword of the section that retrieves it.
 
 Beam search, deterministic by construction (the C engine follows it to the bit):
@@ -44,6 +45,81 @@ MAX_FREE_WORDS = 6
 # product score weights; a bundle's manifest carries tuned ones (train.tune)
 DEFAULT_RANKER = {"again": 0.0, "cooc": 0.0, "popularity": 0.0, "decay": 0.8,
                   "calibration": 0.0}  # unconstrained decoding stops a phrase after this many words
+# a learned ranker's features, in the engine's order (kernels/decode.h vt_ranker_model)
+RANKER_FEATURES = ("dot", "again", "cooc", "cooc_sat", "log_pop", "in_history", "recency",
+                   "keyword_score", "keyword_rank", "theme_score", "section")
+RANKER_MAX_HIDDEN = 32
+
+
+class LearnedRanker:
+    """A manifest "ranker" of kind "learned" (docs/BUNDLE.md; train.ranker trains one): a linear
+    model (hidden 0) or one ReLU layer over RANKER_FEATURES, in float32 with the C engine's order
+    of operations (kernels/ranker.h): every add, multiply and divide rounded to float32 in turn,
+    no transcendental function, so the engine's scores are these bits."""
+
+    def __init__(self, d):
+        if list(d.get("features", ())) != list(RANKER_FEATURES):
+            raise ValueError("ranker.features must be %s" % list(RANKER_FEATURES))
+        self.hidden = d.get("hidden")
+        if not isinstance(self.hidden, int) or not 0 <= self.hidden <= RANKER_MAX_HIDDEN:
+            raise ValueError("ranker.hidden must be 0..%d" % RANKER_MAX_HIDDEN)
+        F, H = len(RANKER_FEATURES), self.hidden
+        self.cooc_half = self._field(d, "cooc_half", ())
+        if not self.cooc_half > 0:
+            raise ValueError("ranker.cooc_half must be > 0")
+        self.b2 = self._field(d, "b2", ())
+        self.w2 = self._field(d, "w2", (H or F,))
+        self.b1 = self._field(d, "b1", (H,))
+        self.w1 = self._field(d, "w1", (H, F))
+
+    @staticmethod
+    def _field(d, name, shape):
+        try:
+            a = np.asarray(d.get(name, [] if shape and not shape[0] else None), dtype=np.float32)
+        except (TypeError, ValueError):
+            a = None
+        if a is None or a.shape != shape and not (a.size == 0 and 0 in shape) or \
+                not np.isfinite(a).all():
+            raise ValueError("ranker.%s must be %s finite numbers" % (name, shape or "a number"))
+        return a.reshape(shape)
+
+    def features(self, dot, again, cooc, recency, log_pop, kw_score, kw_rank, theme_score,
+                 section):
+        """-> X (n, F) float32 from per-candidate arrays (and the section's two scalars)."""
+        f32 = lambda v: np.asarray(v, dtype=np.float32)  # noqa: E731
+        n = len(dot)
+        cooc = f32(cooc)
+        X = np.zeros((n, len(RANKER_FEATURES)), dtype=np.float32)
+        X[:, 0], X[:, 1], X[:, 2] = f32(dot), f32(again), cooc
+        X[:, 3] = cooc / (cooc + self.cooc_half)
+        X[:, 4] = f32(log_pop)
+        X[:, 5] = f32(again) > 0
+        X[:, 6], X[:, 7], X[:, 8] = f32(recency), f32(kw_score), f32(kw_rank)
+        X[:, 9], X[:, 10] = np.float32(theme_score), np.float32(section)
+        return X
+
+    def score(self, X):
+        """(n, F) -> (n,) float32, summed as the engine sums."""
+        s = np.full(len(X), self.b2, dtype=np.float32)
+        F = X.shape[1]
+        if self.hidden == 0:
+            for i in range(F):
+                s = s + self.w2[i] * X[:, i]
+            return s
+        for j in range(self.hidden):
+            h = np.full(len(X), self.b1[j], dtype=np.float32)
+            for i in range(F):
+                h = h + self.w1[j, i] * X[:, i]
+            s = s + self.w2[j] * np.where(h > 0, h, np.float32(0))
+        return s
+
+
+def learned_ranker(ranker):
+    """The LearnedRanker of a manifest "ranker", or None for the weights' mix (kind "mix")."""
+    kind = (ranker or {}).get("kind", "mix")
+    if kind not in ("mix", "learned"):
+        raise ValueError("ranker.kind must be mix or learned, not %r" % kind)
+    return LearnedRanker(ranker) if kind == "learned" else None
 
 
 def season_now(tables, region, now):
@@ -57,6 +133,7 @@ class Cascade:
         self.model, self.tables, self.catalog = model, tables, catalog
         self.device = model.tok_emb.weight.device
         self.ranker = dict(DEFAULT_RANKER, **(ranker or {}))
+        self.learned = learned_ranker(self.ranker)
         self.log_pop = [np.float32(math.log1p(x)) for x in catalog.popularity]
         self.theme_beam, self.keyword_beam = theme_beam, keyword_beam
         if catalog.embeddings is None:
@@ -142,14 +219,17 @@ class Cascade:
 
     # ---- the cascade ----------------------------------------------------------------------
     @torch.no_grad()
-    def recommend(self, req, trace=None, constrained=True, collect=None):
+    def recommend(self, req, trace=None, constrained=True, collect=None, features=None):
         """Request dict -> storefront dict. trace: list collecting (name, tensor) intermediates;
-        collect: list receiving (u, [section candidates]) for re-ranking (train.tune)."""
+        collect: list receiving (u, [section candidates]) for re-ranking (train.tune);
+        features: list receiving [(candidate product indices, their RANKER_FEATURES (n, F))] per
+        section, the learned ranker's inputs (train.ranker; the cascade must have a learned
+        ranker, whose cooc_half the features use)."""
         t, cat, m = self.tables, self.catalog, self.model
         events, dropped = validate_request(req, t, m.cfg)
         f = featurize_one(events, req["now"], req["region"], t, cat, m.cfg)
         mem = m.encode(collate([f], self.device), trace)
-        return self._decode(req, events, dropped, mem, trace, constrained, collect)
+        return self._decode(req, events, dropped, mem, trace, constrained, collect, features)
 
     @torch.no_grad()
     def recommend_many(self, reqs):
@@ -163,36 +243,51 @@ class Cascade:
         return [self._decode(r, ev, dropped, mem[i:i + 1])
                 for i, (r, (ev, dropped)) in enumerate(zip(reqs, checked))]
 
-    def _decode(self, req, events, dropped, mem, trace=None, constrained=True, collect=None):
+    def _decode(self, req, events, dropped, mem, trace=None, constrained=True, collect=None,
+                features=None):
         t, m = self.tables, self.model
         u = m.user_vector(mem)[0]
         xkv = m.cross_kv(mem)
-        n_sec, n_kw, n_prod = req["sections"], req["keywords_per_section"], \
-            req["products_per_section"]
+        n_sec, n_kw = req["sections"], req["keywords_per_section"]
         theme_trie = t.theme_trie if constrained else None
         kw_trie = t.keyword_trie if constrained else None
         themes = self.beam_search(self._expand(xkv, 1), [BOS], theme_trie, SEP,
                                   max(self.theme_beam, n_sec), n_sec, trace)
-        sections, shown, all_cands = [], set(), []
-        exclude = set(req.get("exclude", []))
-        hist = self.history_features(events)
-        calib = self.calibration(events)
-        season = season_now(t, req["region"], req["now"])
-        region = t.region_index[req["region"]]
+        secs = []
         for th_score, th_id, th_toks in themes:
             kws = self.beam_search(self._expand(xkv, 1), [BOS] + list(th_toks), kw_trie, EOS,
                                    max(self.keyword_beam, n_kw), n_kw)
-            sec = {"theme": self._phrase(th_id, th_score, t.theme_texts, t.theme_trie, th_toks),
-                   "keywords": [self._phrase(k_id, k_s, t.keyword_texts, t.keyword_trie, k_toks)
-                                for k_s, k_id, k_toks in kws]}
+            secs.append({"theme": self._phrase(th_id, th_score, t.theme_texts, t.theme_trie,
+                                               th_toks),
+                         "keywords": [self._phrase(k_id, k_s, t.keyword_texts, t.keyword_trie,
+                                                   k_toks) for k_s, k_id, k_toks in kws]})
+        return self.assemble(req, events, dropped, secs, u, collect, features)
+
+    def assemble(self, req, events, dropped, secs, u, collect=None, features=None):
+        """Sections with their themes and keywords -> the storefront: each section's candidates
+        (section_candidates), scored and picked in section order (pick). collect, features: as
+        recommend's."""
+        t = self.tables
+        shown, all_cands, feats = set(), [], []
+        exclude = set(req.get("exclude", []))
+        hist = self.history_features(events)
+        recency = self.history_recency(events) if self.learned is not None else None
+        calib = self.calibration(events)
+        season = season_now(t, req["region"], req["now"])
+        region = t.region_index[req["region"]]
+        for si, sec in enumerate(secs):
             cands = self.section_candidates(sec["keywords"], exclude, region, season, hist)
             all_cands.append(cands)
-            prods = self.pick(cands, shown, n_prod, u, calib=calib)
-            sec["products"] = prods
-            sections.append(sec)
+            ctx = (sec["keywords"], sec["theme"]["score"], si, recency)
+            if features is not None:
+                feats.append(self.ranker_features(cands, u, ctx))
+            sec["products"] = self.pick(cands, shown, req["products_per_section"], u, ctx=ctx,
+                                        calib=calib)
         if collect is not None:
             collect.append((u, all_cands))
-        return {"sections": sections, "dropped_events": dropped}
+        if features is not None:
+            features.append(feats)
+        return {"sections": secs, "dropped_events": dropped}
 
     # ---- retrieval and ranking ----------------------------------------------------------------
     def history_features(self, events):
@@ -212,6 +307,35 @@ class Cascade:
                 cooc[q] = np.float32(cooc.get(q, np.float32(0)) + w * np.float32(wt))
             w = np.float32(w * d)
         return again, cooc
+
+    def history_recency(self, events):
+        """The learned ranker's recency feature: product -> float32 1 / (1 + k), k the position
+        (from the newest, counting known catalogue items as history_features does) of the newest
+        history item that is the product or relates to it."""
+        cat, out, k = self.catalog, {}, 0
+        for e in reversed(events):
+            p = cat.index.get(e["item"]) if e.get("item") is not None else None
+            if p is None:
+                continue
+            r = np.float32(1.0) / np.float32(k + 1)
+            for q in [p] + [q for q, _ in cat.related[p]]:
+                out.setdefault(q, r)
+            k += 1
+        return out
+
+    def ranker_features(self, cands, u, ctx):
+        """A section's candidates -> (product indices, RANKER_FEATURES (n, F) float32).
+        ctx: (the section's keywords, its theme's score, its index, history_recency)."""
+        keywords, theme_score, section, recency = ctx
+        idx = np.array([c[0] for c in cands], dtype=np.int64)
+        dots = (self.emb[idx] @ u).cpu().numpy() if len(idx) else np.zeros(0, np.float32)
+        rank = {k["id"]: i for i, k in enumerate(keywords)}
+        kw_rank = [rank[c[1]] for c in cands]
+        X = self.learned.features(
+            dots, [c[2] for c in cands], [c[3] for c in cands],
+            [recency.get(p, 0.0) for p in idx.tolist()], [self.log_pop[p] for p in idx.tolist()],
+            [np.float32(keywords[r]["score"]) for r in kw_rank], kw_rank, theme_score, section)
+        return idx, X
 
     def section_candidates(self, keywords, exclude, region, season, hist):
         """Products of a section's keywords passing the business rules (not yet de-duplicated
@@ -242,14 +366,21 @@ class Cascade:
         cats = [int(self.catalog.codes[p][0]) for p in idx if p is not None]
         return Calibration(cats) if cats else None
 
-    def pick(self, cands, shown, n, u, ranker=None, calib=None):
+    def pick(self, cands, shown, n, u, ranker=None, ctx=None, calib=None):
         """Scores the candidates not yet shown, keeps the best n (ties: lower product index) and
         marks them shown. score = u.e_p + again_w again + cooc_w cooc + pop_w log1p(popularity),
-        summed left to right in float32. With calib (the page's Calibration) the n are picked
+        summed left to right in float32; or, with a learned ranker (ranker None), its score of
+        ranker_features(cands, u, ctx). With calib (the page's Calibration) the n are picked
         greedily by Calibration.pick instead."""
         r = ranker or self.ranker
         if not cands:
             return []
+        if ranker is None and self.learned is not None:
+            idx, X = self.ranker_features(cands, u, ctx)
+            s = self.learned.score(X)
+            scored = sorted((-float(x), p, c[1], float(x)) for x, p, c in zip(s, idx.tolist(), cands)
+                            if p not in shown)
+            return self._take(scored, shown, n, calib, r)
         dots = (self.emb[[c[0] for c in cands]] @ u).cpu().numpy()
         wa, wc, wp = (np.float32(r[k]) for k in ("again", "cooc", "popularity"))
         scored = []
@@ -261,6 +392,11 @@ class Cascade:
             s = np.float32(s + wp * self.log_pop[p])
             scored.append((-float(s), p, kw, float(s)))
         scored.sort()
+        return self._take(scored, shown, n, calib, r)
+
+    def _take(self, scored, shown, n, calib=None, r=None):
+        """The best n of sorted (-score, product, keyword, score), marked shown; with calib,
+        picked greedily by Calibration.pick at the ranker r's calibration strength."""
         if calib is not None:
             strength = np.float32(r.get("calibration", 0.0))
             scored = calib.pick(scored, n, strength, lambda p: int(self.catalog.codes[p][0]))

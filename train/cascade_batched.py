@@ -175,10 +175,11 @@ class BatchedCascade:
 
     # ---- the cascade ----------------------------------------------------------------------
     @torch.inference_mode()
-    def storefronts(self, reqs, errors=False):
+    def storefronts(self, reqs, errors=False, features=None):
         """List of request dicts -> list of storefront dicts (the reference's form), in order.
         A request the reference refuses raises its RequestError; with errors=True its slot holds
-        the RequestError instead and the others are answered."""
+        the RequestError instead and the others are answered. features (a learned ranker only):
+        a list receiving each answered request's Cascade.recommend features, in order."""
         t, cat, m = self.tables, self.catalog, self.model
         checked = []
         for r in reqs:
@@ -222,7 +223,7 @@ class BatchedCascade:
                              "keywords": [{"id": kid, "text": t.keyword_texts[kid], "score": s}
                                           for s, kid in kws[j]]})
                 j += 1
-            out[i] = self.assemble(r, checked[i][0], checked[i][1], secs, users[b])
+            out[i] = self.assemble(r, checked[i][0], checked[i][1], secs, users[b], features)
         return out
 
     def encode(self, feats):
@@ -238,12 +239,15 @@ class BatchedCascade:
         inv = torch.as_tensor(np.argsort(order), device=self.device)
         return mem.index_select(0, inv)
 
-    def assemble(self, req, events, dropped, secs, u):
+    def assemble(self, req, events, dropped, secs, u, features=None):
         """Sections with themes and keywords -> the storefront: the reference's retrieval and
         ranking (Cascade.history_features, section_candidates and pick), in numpy over the
         catalogue's arrays, and one retrieval product (emb @ u) for all of the request's
         candidates instead of one per section. The float32 arithmetic of the ranking is the
-        reference's, operation for operation (np.add.at accumulates in the reference's order)."""
+        reference's, operation for operation (np.add.at accumulates in the reference's order).
+        A learned ranker (kind "learned") is the reference's own assembly."""
+        if self.ref.learned is not None:
+            return self.ref.assemble(req, events, dropped, secs, u, features=features)
         a = self.arrays
         n_prod = req["products_per_section"]
         ex = [self.catalog.index.get(x) for x in req.get("exclude", [])]

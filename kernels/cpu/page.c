@@ -3,7 +3,7 @@
  * already shows, keep the best. Cascade.retrieve / Cascade.pick of train/cascade.py.
  *
  * Scratch (one "lane": the CPU does one request at a time): dense per-product arrays (P) for the
- * history features (again, cooc), a touched list and three mark bytes (touched / retrieved in
+ * history features (again, cooc, recent), a touched list and three mark bytes (touched / retrieved in
  * this section / shown on this page), then the section's candidate buffers (max_cands each). The
  * dense arrays start zeroed and are left zeroed: only the touched entries are cleared after each
  * request, so a request costs what it touches, not P.
@@ -14,9 +14,10 @@
 #include "kernels/cpu/rank.h"
 #include "kernels/decode.h"
 #include "kernels/ops.h"
+#include "kernels/ranker.h"
 
 typedef struct lane {
-  float *again, *cooc;           /* (P) */
+  float *again, *cooc, *recent;  /* (P) */
   int32_t *touched;              /* (P) products whose features are non-zero */
   uint8_t *marked, *seen, *shown; /* (P) */
   int32_t *cand, *cred, *ids, *heap, *top; /* (max_cands) */
@@ -37,6 +38,7 @@ static size_t lane_layout(lane *l, char *base, int P, int max_cands) {
   } while (0)
   TAKE(again, p);
   TAKE(cooc, p);
+  TAKE(recent, p);
   TAKE(touched, p);
   TAKE(marked, p);
   TAKE(seen, p);
@@ -60,15 +62,18 @@ size_t vt_page_scratch(int P, int max_cands, int B) {
 }
 
 /* again[p] += decay^k, cooc[q] += decay^k rel_w for the history's k-th newest product p and its
- * related products q, in the reference's order; returns how many products it touched. */
+ * related products q, in the reference's order, and recent[] = 1 / (1 + k) at a product's first
+ * touch (the newest k); returns how many products it touched. */
 static int history_features(lane *l, const int32_t *hist, int n_hist, vt_shelf sh, float decay) {
   float wgt = 1.0f;
   int nt = 0;
   for (int k = n_hist - 1; k >= 0; k--) {
     const int p = hist[k];
+    const float recent = 1.0f / (float)(n_hist - k);
     if (!l->marked[p]) {
       l->marked[p] = 1;
       l->touched[nt++] = p;
+      l->recent[p] = recent;
     }
     l->again[p] = l->again[p] + wgt;
     for (int i = sh.rel_off[p]; i < sh.rel_off[p + 1]; i++) {
@@ -76,6 +81,7 @@ static int history_features(lane *l, const int32_t *hist, int n_hist, vt_shelf s
       if (!l->marked[q]) {
         l->marked[q] = 1;
         l->touched[nt++] = q;
+        l->recent[q] = recent;
       }
       const float add = wgt * sh.rel_w[i];
       l->cooc[q] = l->cooc[q] + add;
@@ -85,10 +91,11 @@ static int history_features(lane *l, const int32_t *hist, int n_hist, vt_shelf s
   return nt;
 }
 
-/* One section's products (its keywords already chosen); cal: the page's calibration, NULL when
- * off. */
-static void retrieve(lane *l, vt_section *sec, const vt_page_req *r, const int32_t *excl,
-                     const float *u, vt_shelf sh, vt_ranker rk, vt_calib *cal) {
+/* One section's products (its keywords already chosen), scored by the weights' mix or the
+ * learned ranker lm; cal: the page's calibration, NULL when off. */
+static void retrieve(lane *l, vt_section *sec, int section, const vt_page_req *r,
+                     const int32_t *excl, const float *u, vt_shelf sh, vt_ranker rk,
+                     const vt_ranker_model *lm, vt_calib *cal) {
   int nc = 0;
   for (int k = 0; k < sec->n_keywords; k++) {
     const int kw = sec->keyword[k];
@@ -120,9 +127,17 @@ static void retrieve(lane *l, vt_section *sec, const vt_page_req *r, const int32
     const int p = l->cand[i];
     if (l->shown[p])
       continue;
-    float s = l->dot[i] + rk.again * l->again[p];
-    s = s + rk.cooc * l->cooc[p];
-    s = s + rk.popularity * sh.log_pop[p];
+    float s;
+    if (lm->hidden >= 0) {
+      float x[VT_RANKER_FEATURES];
+      vt__ranker_features(x, lm, l->dot[i], l->again[p], l->cooc[p], l->recent[p], sh.log_pop[p],
+                          sec, vt__keyword_rank(sec, l->cred[i]), section);
+      s = vt__ranker_score(lm, x);
+    } else {
+      s = l->dot[i] + rk.again * l->again[p];
+      s = s + rk.cooc * l->cooc[p];
+      s = s + rk.popularity * sh.log_pop[p];
+    }
     l->score[m] = s;
     l->ids[m] = p; /* top-k breaks ties on the id: the lower product index wins */
     m++;
@@ -147,7 +162,7 @@ static void retrieve(lane *l, vt_section *sec, const vt_page_req *r, const int32
 
 void vt_page_assemble(vt_storefront *out, const vt_page_req *req, const int32_t *hist,
                       const int32_t *excl, const float *user, vt_beam_groups g2, vt_shelf shelf,
-                      vt_ranker rk, int B, int max_cands, void *scratch) {
+                      vt_ranker rk, vt_ranker_model lm, int B, int max_cands, void *scratch) {
   lane l = {0};
   lane_layout(&l, scratch, shelf.n_products, max_cands);
   vt_calib cal;
@@ -171,12 +186,13 @@ void vt_page_assemble(vt_storefront *out, const vt_page_req *req, const int32_t 
         sec->keyword[k] = g2.fin_phrase[f0 + order[k]];
         sec->keyword_score[k] = g2.fin_score[f0 + order[k]];
       }
-      retrieve(&l, sec, r, excl + r->excl0, user + (size_t)i * shelf.d_retrieval, shelf, rk,
-               calibrated ? &cal : NULL);
+      retrieve(&l, sec, s, r, excl + r->excl0, user + (size_t)i * shelf.d_retrieval, shelf, rk,
+               &lm, calibrated ? &cal : NULL);
     }
     for (int k = 0; k < nt; k++) {
       l.again[l.touched[k]] = 0.0f;
       l.cooc[l.touched[k]] = 0.0f;
+      l.recent[l.touched[k]] = 0.0f;
       l.marked[l.touched[k]] = 0;
     }
     for (int s = 0; s < o->n_sections; s++)

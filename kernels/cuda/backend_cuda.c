@@ -213,11 +213,11 @@ static int cu_themes_to_keywords(vt_backend *be, vt_storefront *out, vt_beam_row
 
 static int cu_page_assemble(vt_backend *be, vt_storefront *out, const vt_page_req *req,
                             const int32_t *hist, const int32_t *excl, const float *user,
-                            vt_beam_groups g2, vt_shelf shelf, vt_ranker rk, int B,
-                            int max_cands, void *scratch) {
+                            vt_beam_groups g2, vt_shelf shelf, vt_ranker rk,
+                            vt_ranker_model lm, int B, int max_cands, void *scratch) {
   ON(be);
-  return vt_page_assemble_cuda(out, req, hist, excl, user, g2, shelf, rk, B, max_cands, scratch,
-                               CTX(be)->stream);
+  return vt_page_assemble_cuda(out, req, hist, excl, user, g2, shelf, rk, lm, B, max_cands,
+                               scratch, CTX(be)->stream);
 }
 
 static int cu_capture_begin(vt_backend *be) {

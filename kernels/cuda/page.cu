@@ -4,7 +4,7 @@
  *
  * Shapes: out, req (B,); hist, excl flat; user (B, R); the catalogue (vt_shelf) as in
  * kernels/decode.h. Scratch: `lanes` copies of dense per-product arrays (P) — the history
- * features again / cooc, first-occurrence positions, a touched list, touched and shown marks —
+ * features again / cooc / recent, first-occurrence positions, a touched list, touched and shown marks —
  * then the section's candidate buffers (max_cands each). The dense arrays are zero when a call
  * starts and when it ends: each request clears what it touched.
  *
@@ -18,7 +18,7 @@
  *      compacted in order by a block scan: the CPU's candidate list, each with the keyword that
  *      first retrieved it;
  *   4. each candidate's score, user . emb[p] + again * again_p + cooc * cooc_p + popularity *
- *      log_pop[p], in the CPU's operation order with contraction into FMA ruled out
+ *      log_pop[p], or the learned ranker's (kernels/ranker.h), in the CPU's operation order with contraction into FMA ruled out
  *      (__fmul_rn / __fadd_rn), so scores are bit-identical to the CPU's and so are the picks;
  *   5. block_select takes the best `products` not yet shown (higher score, then lower product);
  *      with the ranker's calibration on, one thread picks them greedily (kernels/calib.h).
@@ -29,13 +29,14 @@
 
 #include "kernels/calib.h"
 #include "kernels/cuda/common.cuh"
+#include "kernels/ranker.h"
 
 #define PAGE_THREADS 128
 #define PAGE_MAX_LANES 32
 #define PAGE_LANE_BUDGET ((size_t)256 << 20)
 
 struct page_lane {
-  float *again, *cooc;         // (P)
+  float *again, *cooc, *recent; // (P)
   int32_t *first, *touched;    // (P)
   uint8_t *marked, *shown;     // (P)
   int32_t *cand, *cred;        // (max_cands)
@@ -46,7 +47,7 @@ static __host__ __device__ size_t page_al(size_t b) { return (b + 255) & ~(size_
 
 static __host__ __device__ size_t page_lane_bytes(int P, int max_cands) {
   const size_t p = (size_t)P, m = (size_t)(max_cands > 0 ? max_cands : 1);
-  return 4 * page_al(p * 4) + 2 * page_al(p) + 3 * page_al(m * 4);
+  return 5 * page_al(p * 4) + 2 * page_al(p) + 3 * page_al(m * 4);
 }
 
 static __device__ page_lane page_lane_at(char *base, int P, int max_cands) {
@@ -55,6 +56,8 @@ static __device__ page_lane page_lane_at(char *base, int P, int max_cands) {
   l.again = (float *)base;
   base += page_al(p * 4);
   l.cooc = (float *)base;
+  base += page_al(p * 4);
+  l.recent = (float *)base;
   base += page_al(p * 4);
   l.first = (int32_t *)base;
   base += page_al(p * 4);
@@ -86,16 +89,19 @@ extern "C" size_t vt_page_scratch_cuda(int P, int max_cands, int B) {
 }
 
 /* again[p] += decay^k, cooc[q] += decay^k rel_w for the history's k-th newest product p and its
- * related products q (one thread, the reference's order); returns how many products it touched. */
+ * related products q (one thread, the reference's order), and recent[] = 1 / (1 + k) at a
+ * product's first touch (the newest k); returns how many products it touched. */
 static __device__ int history_features(page_lane &l, const int32_t *hist, int n_hist,
                                        const vt_shelf &sh, float decay) {
   float wgt = 1.0f;
   int nt = 0;
   for (int k = n_hist - 1; k >= 0; k--) {
     const int p = hist[k];
+    const float recent = __fdiv_rn(1.0f, (float)(n_hist - k));
     if (!l.marked[p]) {
       l.marked[p] = 1;
       l.touched[nt++] = p;
+      l.recent[p] = recent;
     }
     l.again[p] = __fadd_rn(l.again[p], wgt);
     for (int i = sh.rel_off[p]; i < sh.rel_off[p + 1]; i++) {
@@ -103,6 +109,7 @@ static __device__ int history_features(page_lane &l, const int32_t *hist, int n_
       if (!l.marked[q]) {
         l.marked[q] = 1;
         l.touched[nt++] = q;
+        l.recent[q] = recent;
       }
       l.cooc[q] = __fadd_rn(l.cooc[q], __fmul_rn(wgt, sh.rel_w[i]));
     }
@@ -126,7 +133,8 @@ static __device__ __forceinline__ int32_t flat_product(const vt_shelf &sh, const
 static __global__ void __launch_bounds__(PAGE_THREADS)
     page_kernel(vt_storefront *out, const vt_page_req *req, const int32_t *hist,
                 const int32_t *excl, const float *user, vt_beam_groups g2, vt_shelf sh,
-                vt_ranker rk, int B, int max_cands, char *scratch, size_t lane_bytes) {
+                vt_ranker rk, vt_ranker_model lm, int B, int max_cands, char *scratch,
+                size_t lane_bytes) {
   __shared__ int shared[WARP];
   __shared__ sel_key shared_keys[WARP];
   __shared__ int kw_start[VT_MAX_KEYWORDS + 1];
@@ -214,9 +222,17 @@ static __global__ void __launch_bounds__(PAGE_THREADS)
         for (int k = 0; k < R; k++) {
           dot = __fadd_rn(dot, __fmul_rn(e[k], u[k]));
         }
-        float sc = __fadd_rn(dot, __fmul_rn(rk.again, l.again[p]));
-        sc = __fadd_rn(sc, __fmul_rn(rk.cooc, l.cooc[p]));
-        sc = __fadd_rn(sc, __fmul_rn(rk.popularity, sh.log_pop[p]));
+        float sc;
+        if (lm.hidden >= 0) { // the learned ranker (kernels/ranker.h)
+          float x[VT_RANKER_FEATURES];
+          vt__ranker_features(x, &lm, dot, l.again[p], l.cooc[p], l.recent[p], sh.log_pop[p], sec,
+                              vt__keyword_rank(sec, l.cred[c]), s);
+          sc = vt__ranker_score(&lm, x);
+        } else {
+          sc = __fadd_rn(dot, __fmul_rn(rk.again, l.again[p]));
+          sc = __fadd_rn(sc, __fmul_rn(rk.cooc, l.cooc[p]));
+          sc = __fadd_rn(sc, __fmul_rn(rk.popularity, sh.log_pop[p]));
+        }
         l.score[c] = sc;
         valid += !l.shown[p];
       }
@@ -272,6 +288,7 @@ static __global__ void __launch_bounds__(PAGE_THREADS)
       const int32_t p = l.touched[k];
       l.again[p] = 0.0f;
       l.cooc[p] = 0.0f;
+      l.recent[p] = 0.0f;
       l.marked[p] = 0;
     }
     for (int s = 0; s < ns; s++) {
@@ -285,8 +302,9 @@ static __global__ void __launch_bounds__(PAGE_THREADS)
 
 extern "C" int vt_page_assemble_cuda(vt_storefront *out, const vt_page_req *req,
                                      const int32_t *hist, const int32_t *excl, const float *user,
-                                     vt_beam_groups g2, vt_shelf shelf, vt_ranker rk, int B,
-                                     int max_cands, void *scratch, void *stream) {
+                                     vt_beam_groups g2, vt_shelf shelf, vt_ranker rk,
+                                     vt_ranker_model lm, int B, int max_cands, void *scratch,
+                                     void *stream) {
   const char *what = "vt_page_assemble_cuda";
   if (B < 0 || max_cands < 0 || shelf.n_products < 1 || shelf.d_retrieval < 0) {
     return vt__cuda_fail(VT_CUDA_EINVAL, "%s: bad shape B=%d max_cands=%d P=%d R=%d", what, B,
@@ -303,7 +321,7 @@ extern "C" int vt_page_assemble_cuda(vt_storefront *out, const vt_page_req *req,
   }
   const int lanes = page_lanes(shelf.n_products, max_cands, B);
   VT_LAUNCH(page_kernel, lanes, PAGE_THREADS, 0, vt__stream(stream))(
-      out, req, hist, excl, user, g2, shelf, rk, B, max_cands, (char *)scratch,
+      out, req, hist, excl, user, g2, shelf, rk, lm, B, max_cands, (char *)scratch,
       page_lane_bytes(shelf.n_products, max_cands));
   return vt__cuda_check_launch(what);
 }
