@@ -18,10 +18,10 @@
 # Environment (defaults): CONC (1,2,4,8,16,32,64,128,256), RATES (0.25x,0.5x,0.75x,0.9x,1x,1.1x;
 # Rx = R times the system's best closed-loop throughput), ARRIVALS (poisson), WARMUP (2 s),
 # WINDOW (2 s), MAX_WINDOWS (6), TOLERANCE (0.1), TIMEOUT_MS (10000, the per-call deadline),
-# SLO_MS (100), OUT (build/bench/serve), PEER_WORKERS (1), PEER_MAX_BATCH (16) and
-# PEER_MAX_DELAY_MS (0.5) for the batching peer (vitrine serve's defaults), PEERS
-# (peer,peer-batching: the peers to run), VITRINE_ARGS (extra `vitrine serve` options, e.g.
-# "--workers 2").
+# SLO_MS (100), OUT (build/bench/serve), WORKERS (1: compute slots of every system, vitrine's
+# `--workers` and the peers' `--workers`; vitrine serve's own default is one per CPU),
+# PEER_MAX_BATCH (16) and PEER_MAX_DELAY_MS (0.5) for the batching peer (vitrine serve's defaults),
+# PEERS (peer,peer-batching: the peers to run), VITRINE_ARGS (extra `vitrine serve` options).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=/usr/bin/python3
@@ -36,7 +36,7 @@ MAX_WINDOWS=${MAX_WINDOWS:-6}
 TOLERANCE=${TOLERANCE:-0.1}
 TIMEOUT_MS=${TIMEOUT_MS:-10000}
 SLO_MS=${SLO_MS:-100}
-PEER_WORKERS=${PEER_WORKERS:-1}
+WORKERS=${WORKERS:-${PEER_WORKERS:-1}}
 PEER_MAX_BATCH=${PEER_MAX_BATCH:-16}
 PEER_MAX_DELAY_MS=${PEER_MAX_DELAY_MS:-0.5}
 PEERS=${PEERS:-peer,peer-batching}
@@ -87,11 +87,12 @@ bench() {
     --tolerance "$TOLERANCE" --timeout-ms "$TIMEOUT_MS" --out "$OUT/$1"
 }
 
-# vitrine: defaults (1 engine worker, max batch 16), one BLAS thread: the client shares the cores
+# vitrine: WORKERS engine workers (as many compute slots as the peers), max batch 16, one BLAS
+# thread: the client shares the cores
 # shellcheck disable=SC2086
 start_server "$OUT/vitrine/server.log" 'serving grpc_port=([0-9]+)' \
   env OPENBLAS_NUM_THREADS=1 build/vitrine serve --bundle "$DEMO/bundle" --catalog "$DEMO/catalog" \
-  --listen 127.0.0.1:0 --metrics-listen off $VITRINE_ARGS
+  --listen 127.0.0.1:0 --metrics-listen off --workers "$WORKERS" $VITRINE_ARGS
 bench vitrine
 stop_server
 
@@ -108,7 +109,7 @@ for name in ${PEERS//,/ }; do
   mkdir -p "$OUT/$name"
   start_server "$OUT/$name/server.log" 'serving port=([0-9]+)' \
     $PY bench/peer_server.py --bundle "$DEMO/bundle" --catalog "$DEMO/catalog" --port 0 \
-    --workers "$PEER_WORKERS" "${mode[@]}"
+    --workers "$WORKERS" "${mode[@]}"
   bench "$name"
   stop_server
   results+=("$OUT/$name/results.json")

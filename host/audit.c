@@ -482,6 +482,7 @@ int vt_audit_open(vt_audit **out, const vt_audit_opts *o, vt_metrics *m, vt_err 
     vt_audit_close(a);
     return vt_fail(err, VT_EINTERNAL, "cannot start the audit log's writer thread");
   }
+  pthread_setname_np(a->writer, "vt-audit");
   a->started = 1;
   *out = a;
   return VT_OK;

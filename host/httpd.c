@@ -430,6 +430,7 @@ static int start(vt_httpd **out, const char *host, int port, const char *what, v
     free(h);
     return vt_fail(err, VT_EIO, "cannot start a thread for %s", what);
   }
+  pthread_setname_np(h->thread, "vt-http");
   *bound = ntohs(sa.sin_port);
   *out = h;
   return VT_OK;

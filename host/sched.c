@@ -349,6 +349,10 @@ int vt_sched_create(vt_sched **out, const vt_sched_opts *o, vt_gen *g, vt_metric
       return vt_fail(err, VT_ENOMEM, "cannot start worker %d", i);
     }
     w->started = 1;
+    char name[32]; /* as top -H and /proc/PID/task/TID/comm show it (15 bytes at most) */
+    snprintf(name, sizeof name, "vt-engine-%d", i);
+    name[15] = 0;
+    pthread_setname_np(w->thread, name);
   }
   *out = s;
   return VT_OK;

@@ -11,6 +11,7 @@
 #include <math.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,8 +54,9 @@ static opt OPTS[O_N] = {
                    "Prometheus endpoint, GET /metrics (port 0: any free port)", "0.0.0.0:9464", 0,
                    0, 0},
     [O_WORKERS] = {"--workers", "VITRINE_WORKERS", "N",
-                   "CPU engine workers (one engine and thread each; on CUDA: one per device)",
-                   NULL, 1, 1, 64},
+                   "CPU engine workers (one engine and thread each; 0: one per CPU this process "
+                   "may use, its affinity and cgroup CPU limit; on CUDA: one per device)",
+                   NULL, 0, 0, VT_MAX_DEVICES},
     [O_CQ] = {"--cq-threads", "VITRINE_CQ_THREADS", "N",
               "gRPC completion-queue threads (parse and validate requests)", NULL, 2, 1, 64},
     [O_BATCH] = {"--max-batch", "VITRINE_MAX_BATCH", "N", "largest engine batch", NULL, 16, 1, 1024},
@@ -190,6 +192,30 @@ static int set_opt(opt *o, const char *v, const char *from) {
   }
   o->ival = x;
   return 0;
+}
+
+/* The CPUs this process may use: those of its affinity mask, fewer where a cgroup (v2) CPU limit
+ * allows less (a container's `cpu.max` quota, rounded up), at least 1. */
+static int usable_cpus(void) {
+  long n = 0;
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0)
+    n = CPU_COUNT(&set);
+  if (n < 1)
+    n = sysconf(_SC_NPROCESSORS_ONLN);
+  FILE *f = fopen("/sys/fs/cgroup/cpu.max", "r");
+  if (f) {
+    char quota[32];
+    long period = 0;
+    if (fscanf(f, "%31s %ld", quota, &period) == 2 && strcmp(quota, "max") != 0 && period > 0) {
+      long q = strtol(quota, NULL, 10);
+      long lim = q > 0 ? (q + period - 1) / period : 0;
+      if (lim > 0 && lim < n)
+        n = lim;
+    }
+    fclose(f);
+  }
+  return n < 1 ? 1 : n;
 }
 
 static int parse_opts(int argc, char **argv) {
@@ -607,6 +633,8 @@ int vt_serve_main(int argc, char **argv) {
    * device once (copied device to device after the first) and stay across reloads */
   if (plan.cuda)
     workers = plan.n_devices;
+  else if (workers == 0) /* one engine per usable CPU: the gRPC threads share them */
+    workers = usable_cpus() < VT_MAX_DEVICES ? usable_cpus() : VT_MAX_DEVICES;
   {
     vt_backend *bes[VT_MAX_DEVICES] = {0};
     for (int i = 0; i < workers; i++) {

@@ -1139,8 +1139,13 @@ int vt_server_start(vt_server **out, const vt_server_opts *o, vt_metrics *m, int
       for (int k = 0; k < per_cq[mth]; k++)
         add_slot(srv, &srv->cqs[i], mth);
   for (int i = 0; i < srv->n_cq; i++) {
-    if (pthread_create(&srv->cqs[i].thread, NULL, cq_main, &srv->cqs[i]) == 0)
+    if (pthread_create(&srv->cqs[i].thread, NULL, cq_main, &srv->cqs[i]) == 0) {
       srv->cqs[i].started = 1;
+      char name[32];
+      snprintf(name, sizeof name, "vt-cq-%d", i);
+      name[15] = 0;
+      pthread_setname_np(srv->cqs[i].thread, name);
+    }
   }
   *out = srv;
   return VT_OK;

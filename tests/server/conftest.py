@@ -43,11 +43,29 @@ from vitrine.v1 import storefront_pb2 as pb  # noqa: E402
 from vt_health import health_pb2  # noqa: E402
 
 
+def usable_cpus(cpus=None):
+    """What `--workers 0` (the default) counts: the CPUs of the affinity mask (`cpus`, or this
+    process's), fewer where the cgroup v2 `cpu.max` quota allows less (rounded up)."""
+    n = len(cpus if cpus is not None else os.sched_getaffinity(0))
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()
+        if quota != "max" and int(period) > 0:
+            n = min(n, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
+
+
 class Server:
     """A `vitrine serve` child process. stderr lines are collected in self.lines."""
 
     def __init__(self, *extra, bundle=None, catalog=None, env=None, ready=r"\bserving\b",
-                 binary=None):
+                 binary=None, cpus=None, workers=1):
+        # one engine worker unless a test says otherwise (workers=None: the server's default, one
+        # per CPU): the timing tests reason about a single busy engine, on any machine
+        if workers is not None and "--workers" not in extra:
+            extra = ("--workers", str(workers)) + tuple(extra)
         self.args = [binary or VITRINE, "serve", "--bundle", bundle or os.path.join(FIXTURE, "bundle"),
                      "--catalog", catalog or os.path.join(FIXTURE, "catalog"),
                      "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
@@ -57,8 +75,9 @@ class Server:
         e.update(env or {})
         # a byte that is not UTF-8 must never reach a log line; if one does, it shows as a lone
         # surrogate (U+DC80..U+DCFF) instead of killing the reader
+        pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus is not None else None
         self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     env=e, text=True, errors="surrogateescape")
+                                     env=e, text=True, errors="surrogateescape", preexec_fn=pin)
         self.lines = []
         self.cv = threading.Condition()
         self.reader = threading.Thread(target=self._read, daemon=True)

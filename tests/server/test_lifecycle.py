@@ -3,6 +3,7 @@ clean status, exit 0), the drain timeout, catalogue reload on SIGHUP without dro
 options from flags and VITRINE_* variables, JSON logs, and the metrics endpoint's format."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -213,10 +214,25 @@ def test_metrics_endpoint_is_prometheus_text(server_factory, fixture_requests):
         assert e.code == 404
 
 
+def test_workers_default_to_one_per_usable_cpu(server_factory):
+    """--workers 0, the default: one engine per CPU the process may use (its affinity mask and
+    cgroup CPU limit), as GetInfo and the start-up lines say; pinned to one CPU, one engine."""
+    import conftest
+    srv = server_factory(workers=None)
+    want = conftest.usable_cpus()
+    assert srv.info(pb.GetInfoRequest(), timeout=5).workers == want
+    assert sum(1 for ln in srv.lines if re.search(r"\bengine\b.*\bworker\b", ln)) == want
+    assert srv.stop() == 0
+    one = {min(os.sched_getaffinity(0))}
+    srv = server_factory("--workers", "0", cpus=one)  # the flag, explicitly
+    assert srv.info(pb.GetInfoRequest(), timeout=5).workers == conftest.usable_cpus(one) == 1
+    assert srv.stop() == 0
+
+
 def test_options_from_env_and_flags_and_json_logs(server_factory):
     srv = server_factory("--max-batch", "5", "--log-format", "json",
                          env={"VITRINE_MAX_BATCH": "3", "VITRINE_WORKERS": "2",
-                              "VITRINE_MAX_REQUEST_EVENTS": "77"})
+                              "VITRINE_MAX_REQUEST_EVENTS": "77"}, workers=None)
     info = srv.info(pb.GetInfoRequest(), timeout=5)
     assert (info.max_batch, info.workers, info.max_request_events) == (5, 2, 77)  # flag wins
     assert srv.stop() == 0
