@@ -14,7 +14,10 @@ grpc.aio client. All times are on CLOCK_MONOTONIC, shared by the processes.
    --reload-s seconds; the server's RSS every 5 s; every second the machine's CPU time (busy,
    steal) and the server's and the generators' (from /proc), so that a stall of the tail can be
    told from the server's own doing: the seconds whose p99 is over 3x the soak's median
-   per-second p99 are listed with what the machine did in them ("stalls").
+   per-second p99 are listed with what the machine did in them ("stalls"). Also every second:
+   the engine threads' on-CPU and waiting-for-a-CPU time (/proc/PID/task/TID/schedstat of the
+   threads named vt-engine-N), the engine's CPU time per call, and a speed probe (a fixed piece
+   of work every 100 ms timed in its own CPU time: how fast a core runs, apart from the server).
    Pass: RSS growth after warm-up (--warmup-min) under 5%; p99 of good calls in the first and the
    last 5 minutes after warm-up within 20%; no unexpected status.
 3. overload: vitrine-bench at --overload x C for --overload-s seconds; then, as soon as the
@@ -168,10 +171,52 @@ def proc_cpu(pid):
         return 0
 
 
+def engine_sched(pid):
+    """(on-CPU ns, runnable-but-waiting ns) summed over the server's engine threads (named
+    vt-engine-N), from /proc/PID/task/TID/schedstat."""
+    run = wait = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0, 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                if not f.read().startswith("vt-engine"):
+                    continue
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                v = f.read().split()
+            run += int(v[0])
+            wait += int(v[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    return run, wait
+
+
+def speed_probe(t_start, seconds, q):
+    """The CPU's own speed, apart from the server: every 100 ms a fixed piece of work (about a
+    millisecond), timed in this process's CPU time, so that neither waiting for a core nor the
+    server's load counts, only how fast a core runs while it is ours (a VM's neighbours, a shared
+    cache or memory bus). [(t, cpu_ns)] on the soak's clock."""
+    out = []
+    wait_until(t_start)
+    nxt = t_start
+    while nxt < t_start + seconds:
+        c0 = time.process_time_ns()
+        acc = 0
+        for i in range(20000):
+            acc += i * i & 1023
+        out.append((round(time.monotonic() - t_start, 3), time.process_time_ns() - c0))
+        nxt += 0.1
+        wait_until(nxt)
+    q.put(out)
+
+
 class CpuLog:
     """Per-second CPU shares: the machine's busy and steal time, the server's and the load
     generators' and every other process's (all as a fraction of the machine's time, so 1.0 =
-    every core busy)."""
+    every core busy); and the engine threads' on-CPU and waiting-for-a-CPU time (as a fraction of
+    one core: 1.0 = one engine busy all the second)."""
 
     def __init__(self):
         self.rows, self.prev = [], None
@@ -180,14 +225,18 @@ class CpuLog:
         busy, steal, total = machine_cpu()
         srv = proc_cpu(server_pid)
         gen = sum(proc_cpu(p) for p in gen_pids if p)
-        now = (t, busy, steal, total, srv, gen)
+        erun, ewait = engine_sched(server_pid)
+        now = (t, busy, steal, total, srv, gen, erun, ewait, time.monotonic())
         if self.prev:
             dt = max(1, total - self.prev[3])
+            wall = max(1e-3, now[8] - self.prev[8]) * 1e9
             self.rows.append({"t": round(self.prev[0], 1),
                               "busy": round((busy - self.prev[1]) / dt, 3),
                               "steal": round((steal - self.prev[2]) / dt, 3),
                               "server": round((srv - self.prev[4]) / dt, 3),
-                              "generators": round((gen - self.prev[5]) / dt, 3)})
+                              "generators": round((gen - self.prev[5]) / dt, 3),
+                              "engine_run": round((erun - self.prev[6]) / wall, 3),
+                              "engine_wait": round((ewait - self.prev[7]) / wall, 3)})
             r = self.rows[-1]
             r["other"] = round(max(0.0, r["busy"] - r["server"] - r["generators"]), 3)
         self.prev = now
@@ -198,7 +247,8 @@ class CpuLog:
         if not xs:
             return {}
         return {k: round(sum(r[k] for r in xs) / len(xs), 3)
-                for k in ("busy", "steal", "server", "generators", "other")}
+                for k in ("busy", "steal", "server", "generators", "other", "engine_run",
+                          "engine_wait")}
 
 
 class Bench:
@@ -306,6 +356,9 @@ def main():
                                                     rate * (mix[1] + mix[2]),
                                                     mix[1] / (mix[1] + mix[2]), deadline, q, 7))
         mixer.start()
+        pq = mp.Queue()
+        prober = mp.Process(target=speed_probe, args=(t_start, dur, pq))
+        prober.start()
         wait_until(t_start)
         # windows of 30 s at most 60: the soak is one step of vitrine-bench
         win = dur / min(60, max(2, int(dur // 30)))
@@ -340,6 +393,8 @@ def main():
         over_run.wait()
         mixed = q.get(timeout=deadline + 60)
         mixer.join()
+        probes = pq.get(timeout=60)
+        prober.join()
 
         report["reloads"] = reloads
         report["reloaded_lines"] = sum(1 for ln in lines if re.search(r"\breloaded\b", ln))
@@ -372,8 +427,37 @@ def main():
             by_sec.setdefault(int(t), []).append(lat)
         sec_p99 = {k: pct(v, 99) for k, v in by_sec.items() if k >= warm and len(v) >= 20}
         med = pct(list(sec_p99.values()), 50) or 0
-        stalls = [{"second": k, "p99_ms": round(1000 * v, 1), "cpu": cpu.over(k - 1, k + 1)}
+        # the probe's fixed work per second, as a slowdown against its median over the soak
+        pr_sec = {}
+        for t, ns in probes:
+            pr_sec.setdefault(int(t), []).append(ns)
+        pr_sec = {k: pct(v, 50) for k, v in pr_sec.items()}
+        pr_med = pct(list(pr_sec.values()), 50) or 1
+        slow = {k: round(v / pr_med, 2) for k, v in pr_sec.items()}
+        # the engine's CPU time per good call answered in the second (its share of the cancelled
+        # calls it computed included)
+        done_sec = {}
+        for t, lat in goods:
+            done_sec[int(t + lat)] = done_sec.get(int(t + lat), 0) + 1
+        eng = {int(r["t"]): r["engine_run"] for r in cpu.rows}
+        eng_us = {k: round(1e6 * eng[k] / done_sec[k]) for k in eng if done_sec.get(k)}
+        eng_med = pct([v for k, v in eng_us.items() if k >= warm], 50) or 1
+
+        def around(k, d):
+            xs = [d[j] for j in (k - 1, k, k + 1) if j in d]
+            return max(xs) if xs else None
+
+        stalls = [{"second": k, "p99_ms": round(1000 * v, 1), "cpu": cpu.over(k - 1, k + 1),
+                   "probe_slowdown": around(k, slow), "engine_us_per_call": around(k, eng_us)}
                   for k, v in sorted(sec_p99.items()) if med and v > 3 * med]
+        probe_report = {
+            "median_us": round(pr_med / 1000, 1),
+            "seconds_over_1.3x": sum(1 for k, v in slow.items() if k >= warm and v > 1.3),
+            "stalls_with_probe_over_1.3x": sum(1 for s in stalls
+                                               if (s["probe_slowdown"] or 0) > 1.3),
+            "engine_us_per_call_median": eng_med,
+            "stalls_with_engine_per_call_over_1.3x":
+                sum(1 for s in stalls if (s["engine_us_per_call"] or 0) > 1.3 * eng_med)}
         quiet = cpu.over(warm, dur)
         rss_after_warm = [kb for t, kb in rss if warm <= t <= dur]
         growth = (rss_after_warm[-1] / rss_after_warm[0] - 1) if len(rss_after_warm) > 1 else None
@@ -389,7 +473,9 @@ def main():
                           "p99_last5_ms": 1000 * (p99_last or 0), "p99_drift": drift,
                           "generator_lag_p99_ms": soak_lag.get("p99"),
                           "cpu_mean": quiet, "second_p99_median_ms": round(1000 * med, 2),
-                          "stalls": stalls, "per_minute": per_min, "cpu_per_second": cpu.rows}
+                          "stalls": stalls, "probe": probe_report,
+                          "probe_slowdown_per_second": slow, "engine_us_per_call": eng_us,
+                          "per_minute": per_min, "cpu_per_second": cpu.rows}
         checks = {
             "soak: no unexpected status": not unexpected,
             "soak: RSS growth after warm-up < 5%": growth is not None and growth < 0.05,
@@ -461,8 +547,10 @@ def main():
               f"{report['reloads']} reloads, generator lag p99 {s['generator_lag_p99_ms']} ms")
         print(f"  CPU (share of the machine): {s['cpu_mean']}; {len(s['stalls'])} seconds with "
               f"p99 over 3x the median second's ({s['second_p99_median_ms']} ms)")
+        print(f"  speed probe: {s['probe']}")
         for st in s["stalls"][:20]:
-            print(f"    second {st['second']}: p99 {st['p99_ms']} ms, CPU {st['cpu']}")
+            print(f"    second {st['second']}: p99 {st['p99_ms']} ms, probe x{st['probe_slowdown']}, "
+                  f"engine {st['engine_us_per_call']} us/call, CPU {st['cpu']}")
     if o:
         print(f"overload: offered {o['offered_per_s']:.0f}/s (target {o['target_per_s']:.0f}, "
               f"lag p99 {o['generator_lag_p99_ms']} ms), accepted {o['accepted_per_s']:.0f}/s "
