@@ -124,3 +124,82 @@ def test_student_only_trains_no_teacher_and_refuses_teacher_options(tiny_shop, t
         err = capsys.readouterr().err
         assert "--student-only" in err and extra[0] in err
     assert not (tmp_path / "x").exists(), "refused before anything was written"
+
+
+def test_time_holdout_is_the_latest_examples(tiny_world):
+    from train.train import time_holdout
+    examples = tiny_world[4]
+    train, held = time_holdout(examples, share=0.1)
+    assert len(train) + len(held) == len(examples) and len(held) == len(examples) // 10
+    assert max(int(e["ts"][0]) for e in train) <= min(int(e["ts"][0]) for e in held)
+
+
+def test_in_batch_negatives_by_hand(tiny_world):
+    """In-batch: row i's logits are u_i . e_j - logq[p_j] over the batch's positives, a repeat of
+    row i's product elsewhere masked; checked against a loop over rows."""
+    from train.data import collate_train
+    from train.train import NEG_INF, forward_losses, in_batch_logq
+    shop, tables, catalog, model, examples = tiny_world
+    codes = torch.from_numpy(catalog.codes)
+    batch = examples[:6] + [examples[0]]  # row 6 repeats row 0's product
+    b = collate_train(batch, tables, model.cfg)
+    logq = in_batch_logq(examples, len(catalog.ids))
+    with torch.no_grad():
+        _, parts, _, rl = forward_losses(model, b, None, codes, logq)
+        u = model.user_vector(model.encode(b))
+        e = model.product_vectors(codes[b["product"]])
+    prods = [int(p) for p in b["product"]]
+    total = 0.0
+    for i in range(len(batch)):
+        row = []
+        for j in range(len(batch)):
+            if j != i and prods[j] == prods[i]:
+                assert rl[i, j] == NEG_INF
+                continue
+            want = float(u[i] @ e[j]) - float(logq[prods[j]])
+            assert abs(float(rl[i, j]) - want) < 1e-4
+            row.append(want)
+        total += -(row[[j for j in range(len(batch)) if j == i or prods[j] != prods[i]].index(i)]
+                   - torch.logsumexp(torch.tensor(row, dtype=torch.float64), 0).item())
+    assert abs(parts["ret"] - total / len(batch)) < 1e-4
+    counts = torch.bincount(torch.tensor([e["product"] for e in examples]),
+                            minlength=len(catalog.ids)).to(torch.float64)
+    p = int(examples[0]["product"])
+    assert abs(float(logq[p]) - float(torch.log(counts[p] / len(examples)))) < 1e-5
+
+
+def test_head_recall_matches_a_brute_force_rank(tiny_world):
+    from train.train import head_recall
+    shop, tables, catalog, model, examples = tiny_world
+    codes = torch.from_numpy(catalog.codes)
+    got = head_recall(model, examples[:40], codes, chunk=16)
+    from train.data import collate
+    with torch.no_grad():
+        s = model.user_vector(model.encode(collate(examples[:40]))) @ \
+            model.product_vectors(codes).t()
+    hits = ndcg = 0.0
+    for i, e in enumerate(examples[:40]):
+        t = s[i, e["product"]]
+        rank = float((s[i] > t).sum()) + 0.5 * (float((s[i] == t).sum()) - 1)
+        if rank < 10:
+            hits += 1
+            ndcg += 1 / torch.log2(torch.tensor(rank + 2, dtype=torch.float64)).item()
+    assert got["n"] == 40
+    assert abs(got["recall@10"] - hits / 40) < 1e-12 and abs(got["ndcg@10"] - ndcg / 40) < 1e-9
+
+
+def test_early_stopping_keeps_the_best_state(tiny_world):
+    """eval_every=2, patience=2: the curve is measured, training stops once two measurements pass
+    without a gain (or the epochs end), and the model left is the best one measured."""
+    from train.train import head_recall, time_holdout
+    shop, tables, catalog, model, examples = tiny_world
+    model = copy.deepcopy(model)
+    codes = torch.from_numpy(catalog.codes)
+    train, held = time_holdout(examples, share=0.2)
+    train_model(model, train, tables, codes, epochs=6, batch=16, lr=1e-2, seed=0, negatives=0,
+                holdout=held, eval_every=2, patience=2)
+    es = model.early_stop
+    assert es["curve"] and es["best_recall@10"] == max(c["recall@10"] for c in es["curve"])
+    assert head_recall(model, held, codes)["recall@10"] == es["best_recall@10"]
+    after_best = [c for c in es["curve"] if c["step"] > es["best_step"]]
+    assert len(after_best) <= 2
