@@ -108,6 +108,22 @@ def length_batches(examples, batch, rng, pool=16):
     return [out[i] for i in rng.permutation(len(out))]
 
 
+def lr_factor(i, total, max_seconds=None, elapsed=0.0):
+    """The learning rate's factor at step i of total: linear warm-up over the first 10%, then
+    cosine decay to 5%. With a time budget (max_seconds, `elapsed` of it spent) the schedule runs
+    over whichever ends first, the steps or the seconds."""
+    if max_seconds is None:
+        warm = max(1, total // 10)
+        if i < warm:
+            return (i + 1) / warm
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, (i - warm) /
+                                                              max(1, total - warm))))
+    p = min(1.0, max((i + 1) / total, elapsed / max_seconds))
+    if p < 0.1:
+        return p / 0.1
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (p - 0.1) / 0.9))
+
+
 def in_batch_logq(examples, n_prod):
     """log of each product's share of the training targets (floored at one count): the logQ
     correction of in-batch negatives."""
@@ -152,7 +168,8 @@ def train_model(model, examples, tables, prod_codes, epochs, batch=128, lr=3e-3,
     negatives (logQ-corrected). With holdout examples and eval_every > 0, the retrieval head's
     recall@10 on them is measured every eval_every steps and at the end, the best state is kept
     and training stops after `patience` measurements without a gain; model.early_stop then
-    holds the curve. max_seconds: stop once training has taken that long."""
+    holds the curve. max_seconds: stop once training has taken that long (the learning-rate
+    schedule then runs over the time budget where it ends before the steps)."""
     cfg = model.cfg
     t_start = time.time()
     logq = in_batch_logq(examples, len(prod_codes)) if negatives == 0 else None
@@ -162,10 +179,8 @@ def train_model(model, examples, tables, prod_codes, epochs, batch=128, lr=3e-3,
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     steps_per_epoch = (len(examples) + batch - 1) // batch
     total = steps_per_epoch * epochs if max_steps is None else max_steps
-    warm = max(1, total // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine decay to 5%
-        opt, lambda i: (i + 1) / warm if i < warm else
-        0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, (i - warm) / max(1, total - warm)))))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: lr_factor(i, total, max_seconds, time.time() - t_start))
     losses, step = [], 0
     n_prod = len(prod_codes)
     model.train()
@@ -311,7 +326,8 @@ def main(argv=None):
                     "(default 0: off, train every epoch)")
     ap.add_argument("--patience", type=int, default=3)
     ap.add_argument("--max-minutes", type=float,
-                    help="stop each model's training after this many minutes")
+                    help="stop each model's training after this many minutes; the learning-rate "
+                    "warm-up and decay then run over that time where it ends before the epochs")
     ap.add_argument("--teacher-from", help="distil from this teacher checkpoint instead of "
                     "training one")
     ap.add_argument("--student-only", action="store_true", help="train the student alone on "

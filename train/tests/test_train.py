@@ -203,3 +203,20 @@ def test_early_stopping_keeps_the_best_state(tiny_world):
     assert head_recall(model, held, codes)["recall@10"] == es["best_recall@10"]
     after_best = [c for c in es["curve"] if c["step"] > es["best_step"]]
     assert len(after_best) <= 2
+
+
+def test_lr_schedule_follows_the_time_budget():
+    """Without a budget: the step schedule (warm-up to 1 at 10%, 5% at the end). With one, the
+    schedule is at whichever is further along, the steps or the seconds."""
+    from train.train import lr_factor
+    assert abs(lr_factor(99, 1000) - 1.0) < 1e-12 and abs(lr_factor(999, 1000) - 0.05) < 1e-5
+    assert abs(lr_factor(550, 1000) - 0.525) < 1e-12  # halfway through the decay
+    # 1 step of 1000 but half the seconds spent: halfway (p = 0.5) -> 0.05 + 0.95 * 0.5 * (1 +
+    # cos(pi * 0.4 / 0.9))
+    import math
+    want = 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * 0.4 / 0.9))
+    assert abs(lr_factor(0, 1000, max_seconds=100, elapsed=50) - want) < 1e-12
+    assert abs(lr_factor(0, 1000, max_seconds=100, elapsed=100) - 0.05) < 1e-12
+    assert abs(lr_factor(0, 1000, max_seconds=100, elapsed=5) - 0.5) < 1e-12  # warming up
+    # the steps further along than the clock: the steps decide
+    assert lr_factor(899, 1000, max_seconds=100, elapsed=1) == lr_factor(899, 1000, 100, 0.0)
