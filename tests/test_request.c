@@ -10,20 +10,12 @@
 #include "host/catalog.h"
 #include "host/engine.h"
 #include "host/request.h"
+#include "tests/fixture.h"
 
 static vt_bundle *b;
 static vt_catalog *c;
 
-static void setup(void) {
-  char p[1024];
-  vt_err err = {0};
-  const char *dir = getenv("VT_FIXTURE");
-  cr_assert(dir, "VT_FIXTURE is not set");
-  snprintf(p, sizeof p, "%s/bundle", dir);
-  cr_assert_eq(vt_bundle_load(&b, p, &err), 0, "%s", err.msg);
-  snprintf(p, sizeof p, "%s/catalog", dir);
-  cr_assert_eq(vt_catalog_load(&c, p, b, &err), 0, "%s", err.msg);
-}
+static void setup(void) { vt_fixture_load(&b, &c, NULL, 0); }
 
 static void teardown(void) {
   vt_catalog_free(c);

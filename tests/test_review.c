@@ -16,25 +16,13 @@
 #include "host/catalog.h"
 #include "host/review.h"
 #include "host/rules.h"
+#include "tests/fixture.h"
 
 static vt_bundle *b;
 static vt_catalog *c0;
 static char cat_dir[1024];
 
-static void setup(void) {
-  char p[1024];
-  vt_err err = {0};
-  const char *dir = getenv("VT_FIXTURE");
-  cr_assert(dir, "VT_FIXTURE is not set");
-  snprintf(p, sizeof p, "%s/bundle", dir);
-  cr_assert_eq(vt_bundle_load(&b, p, &err), 0, "%s", err.msg);
-  snprintf(p, sizeof p, "%s/catalog", dir);
-  char *abs = realpath(p, NULL);
-  cr_assert(abs, "%s", p);
-  snprintf(cat_dir, sizeof cat_dir, "%s", abs);
-  free(abs);
-  cr_assert_eq(vt_catalog_load(&c0, cat_dir, b, &err), 0, "%s", err.msg);
-}
+static void setup(void) { vt_fixture_load(&b, &c0, cat_dir, sizeof cat_dir); }
 
 static void teardown(void) {
   vt_catalog_free(c0);

@@ -16,6 +16,7 @@
 #include "host/engine.h"
 #include "host/request.h"
 #include "host/rules.h"
+#include "tests/fixture.h"
 
 #define N_REQ 24
 #define SEC 3
@@ -27,18 +28,7 @@ static vt_catalog *c0; /* the fixture's catalogue, no rules */
 static char cat_dir[1024];
 
 static void setup(void) {
-  char p[1024];
-  vt_err err = {0};
-  const char *dir = getenv("VT_FIXTURE");
-  cr_assert(dir, "VT_FIXTURE is not set");
-  snprintf(p, sizeof p, "%s/bundle", dir);
-  cr_assert_eq(vt_bundle_load(&b, p, &err), 0, "%s", err.msg);
-  snprintf(p, sizeof p, "%s/catalog", dir);
-  char *abs = realpath(p, NULL); /* the symlinks of tmpcat_open point here */
-  cr_assert(abs, "%s", p);
-  snprintf(cat_dir, sizeof cat_dir, "%s", abs);
-  free(abs);
-  cr_assert_eq(vt_catalog_load(&c0, cat_dir, b, &err), 0, "%s", err.msg);
+  vt_fixture_load(&b, &c0, cat_dir, sizeof cat_dir); /* the symlinks of tmpcat_open point here */
   cr_assert_null(c0->rules, "the fixture has no rules.txt");
 }
 
