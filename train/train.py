@@ -376,7 +376,7 @@ def main(argv=None):
         len(train), len(val), a.holdout, time.time() - t0))
     report = {}
     neg = dict(negatives=negatives)
-    # the validation loss with the same negatives for every setting (in-batch has none of its own)
+    # the validation loss with the training's negatives (in-batch has none of its own: 128 uniform)
     val_neg = dict(negatives=negatives or 128)
     early = dict(holdout=val, eval_every=a.eval_every, patience=a.patience,
                  max_seconds=None if a.max_minutes is None else 60 * a.max_minutes)
