@@ -462,6 +462,22 @@ def main():
         rss_after_warm = [kb for t, kb in rss if warm <= t <= dur]
         growth = (rss_after_warm[-1] / rss_after_warm[0] - 1) if len(rss_after_warm) > 1 else None
         p99_first, p99_last = pct(first, 99), pct(last, 99)
+
+        # the same comparison over only the seconds in which the probe (and the seconds beside)
+        # ran within x1.1 of its median: what is left of the drift where the CPU was not slower
+        def steady(k):
+            return all(slow.get(j, 1.0) <= 1.1 for j in (k - 1, k, k + 1))
+
+        first_s = [lat for t, lat in goods if warm <= t < warm + span and steady(int(t))]
+        last_s = [lat for t, lat in goods if t >= dur - span and steady(int(t))]
+        at_speed = {"p99_first5_ms": round(1000 * (pct(first_s, 99) or 0), 2),
+                    "p99_last5_ms": round(1000 * (pct(last_s, 99) or 0), 2),
+                    "p50_first5_ms": round(1000 * (pct(first, 50) or 0), 2),
+                    "p50_last5_ms": round(1000 * (pct(last, 50) or 0), 2),
+                    "seconds_first5": len({int(t) for t, _ in goods
+                                           if warm <= t < warm + span and steady(int(t))}),
+                    "seconds_last5": len({int(t) for t, _ in goods
+                                          if t >= dur - span and steady(int(t))})}
         drift = (p99_last / p99_first - 1) if p99_first and p99_last else None
         soak_lag = soak_run.results["steps"][0].get("generator", {}).get("lag_ms", {})
         report["soak"] = {"calls": len(calls), "rate_per_s": rate, "counts": counts,
@@ -471,6 +487,7 @@ def main():
                           "rss_growth": growth, "p99_span_s": span,
                           "p99_first5_ms": 1000 * (p99_first or 0),
                           "p99_last5_ms": 1000 * (p99_last or 0), "p99_drift": drift,
+                          "drift_at_probe_speed": at_speed,
                           "generator_lag_p99_ms": soak_lag.get("p99"),
                           "cpu_mean": quiet, "second_p99_median_ms": round(1000 * med, 2),
                           "stalls": stalls, "probe": probe_report,
@@ -548,6 +565,8 @@ def main():
         print(f"  CPU (share of the machine): {s['cpu_mean']}; {len(s['stalls'])} seconds with "
               f"p99 over 3x the median second's ({s['second_p99_median_ms']} ms)")
         print(f"  speed probe: {s['probe']}")
+        print(f"  first/last 5 min where the probe ran within x1.1 (a diagnosis, not a check): "
+              f"{s['drift_at_probe_speed']}")
         for st in s["stalls"][:20]:
             print(f"    second {st['second']}: p99 {st['p99_ms']} ms, probe x{st['probe_slowdown']}, "
                   f"engine {st['engine_us_per_call']} us/call, CPU {st['cpu']}")
