@@ -472,8 +472,8 @@ def main():
         last_s = [lat for t, lat in goods if t >= dur - span and steady(int(t))]
         at_speed = {"p99_first5_ms": round(1000 * (pct(first_s, 99) or 0), 2),
                     "p99_last5_ms": round(1000 * (pct(last_s, 99) or 0), 2),
-                    "p50_first5_ms": round(1000 * (pct(first, 50) or 0), 2),
-                    "p50_last5_ms": round(1000 * (pct(last, 50) or 0), 2),
+                    "p50_first5_ms": round(1000 * (pct(first_s, 50) or 0), 2),
+                    "p50_last5_ms": round(1000 * (pct(last_s, 50) or 0), 2),
                     "seconds_first5": len({int(t) for t, _ in goods
                                            if warm <= t < warm + span and steady(int(t))}),
                     "seconds_last5": len({int(t) for t, _ in goods
