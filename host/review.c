@@ -502,28 +502,30 @@ static void render_products(FILE *f, const vt_review *rv, const vt_catalog *c,
     html(f, "</ul>");
 }
 
+/* A theme or keyword: "<kind> <phrase> <score>", then its deny form (or "denied" where the rules
+ * already deny it: the same id in the bundle's table with the same text). */
+static void render_phrase(FILE *f, const vt_review *rv, const char *kind, const vt_phrases *tab,
+                          const uint8_t *denied, const cJSON *o) {
+  html(f, "%s <span class=\"phrase %s\">%e</span> <span class=\"score\">%f</span>", kind, kind,
+       jstr(o, "text"), jnum(o, "score", 0));
+  deny_form(f, rv, kind, jstr(o, "text"),
+            phrase_denied(tab, denied, (int)jnum(o, "id", -1), jstr(o, "text")));
+}
+
 /* One section: theme -> keywords -> the products each retrieved, and what the filters held back. */
 static void render_section(FILE *f, const vt_review *rv, const vt_catalog *c, const cJSON *sec) {
   const vt_bundle *b = rv->o.b;
   const vt_rules *r = c ? c->rules : NULL;
   const cJSON *th = cJSON_GetObjectItemCaseSensitive(sec, "theme");
   const cJSON *products = jarr(sec, "products"), *p, *kw;
-  html(f, "<li class=\"section\">theme <span class=\"phrase theme\">%e</span> "
-          "<span class=\"score\">%f</span>",
-       jstr(th, "text"), jnum(th, "score", 0));
-  deny_form(f, rv, "theme", jstr(th, "text"),
-            r && phrase_denied(&b->themes, r->theme_denied, (int)jnum(th, "id", -1),
-                               jstr(th, "text")));
+  html(f, "<li class=\"section\">");
+  render_phrase(f, rv, "theme", &b->themes, r ? r->theme_denied : NULL, th);
   int keyed = 0; /* records written before products named their keyword: listed once, below */
   cJSON_ArrayForEach(p, products) keyed += jnum(p, "keyword", -1) >= 0;
   html(f, "<ul class=\"keywords\">");
   cJSON_ArrayForEach(kw, jarr(sec, "keywords")) {
-    html(f, "<li>keyword <span class=\"phrase keyword\">%e</span> <span class=\"score\">%f"
-            "</span>",
-         jstr(kw, "text"), jnum(kw, "score", 0));
-    deny_form(f, rv, "keyword", jstr(kw, "text"),
-              r && phrase_denied(&b->keywords, r->keyword_denied, (int)jnum(kw, "id", -1),
-                                 jstr(kw, "text")));
+    html(f, "<li>");
+    render_phrase(f, rv, "keyword", &b->keywords, r ? r->keyword_denied : NULL, kw);
     if (keyed)
       render_products(f, rv, c, products, (int)jnum(kw, "id", -1), 0);
     html(f, "</li>");
