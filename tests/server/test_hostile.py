@@ -292,25 +292,31 @@ def wait_metrics(srv, pred, timeout=10):
 
 def test_deadline_storm_counted_as_abandoned(server_factory, base):
     srv = server_factory()
-    futs = [srv.recommend.future(base, timeout=0.001) for _ in range(2000)]
-    for f in futs:
-        try:
-            f.result()
-        except grpc.RpcError as e:
-            # or refused on arrival: the queued work ahead outlasts the millisecond it has
-            assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED or (
-                e.code() == grpc.StatusCode.UNAVAILABLE and
-                e.details().startswith("overloaded: the ")), (e.code(), e.details())
+    assert srv.recommend(base, timeout=10).sections  # the channel is connected before the storm
 
-    def settled(m):
-        return metric_value(m, "vitrine_inflight_requests") == 0
+    def storm(timeout):
+        futs = [srv.recommend.future(base, timeout=timeout) for _ in range(2000)]
+        for f in futs:
+            try:
+                f.result()
+            except grpc.RpcError as e:
+                # or refused on arrival: the queued work ahead outlasts the deadline it has
+                assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED or (
+                    e.code() == grpc.StatusCode.UNAVAILABLE and
+                    e.details().startswith("overloaded: the ")), (e.code(), e.details())
+        wait_metrics(srv, lambda m: metric_value(m, "vitrine_inflight_requests") == 0)
+        time.sleep(0.5)
+        m = srv.metrics()
+        return {c: metric_value(m, "vitrine_requests_total", method=RECOMMEND, code=c) or 0
+                for c in ("OK", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "CANCELLED")}
 
-    m = wait_metrics(srv, settled)
-    time.sleep(0.5)
-    m = srv.metrics()
-    counts = {c: metric_value(m, "vitrine_requests_total", method=RECOMMEND, code=c) or 0
-              for c in ("OK", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "CANCELLED")}
-    assert counts["INVALID_ARGUMENT"] == 0, counts
+    # On a loaded machine every 1 ms call can expire in the client before the server sees it
+    # (it happened on CI); then the storm is repeated with longer deadlines until some reach it.
+    for timeout in (0.001, 0.003, 0.01, 0.03):
+        counts = storm(timeout)
+        assert counts["INVALID_ARGUMENT"] == 0, (timeout, counts)
+        if counts["DEADLINE_EXCEEDED"] + counts["CANCELLED"] > 0:
+            break
     assert counts["DEADLINE_EXCEEDED"] + counts["CANCELLED"] > 0, counts
     assert srv.recommend(base, timeout=10).sections
 
