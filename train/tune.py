@@ -12,6 +12,7 @@ import argparse
 import itertools
 import json
 import math
+import os
 import sys
 import time
 
@@ -159,11 +160,19 @@ def score(collected, ranker, n_products, ranking, n_catalog, k=10, seen=None):
     return hits / n, ndcg / n
 
 
+# ablations tuned in the same pass (--ablations): the grid's best among its points whose named
+# weights are held at zero; the page shape and ranking are re-chosen for each
+ABLATIONS = {"head-only": ("again", "cooc", "popularity"), "no-cooc": ("cooc",)}
+
+
 def tune(cascade, shop, catalog, limit=None, log=None, shapes=SHAPES, rankings=RANKINGS,
-         grid=None, progress=None):
-    """-> (ranker weights, storefront shape with its ranking, (recall, ndcg), head-only recall).
+         grid=None, progress=None, ablations=None):
+    """-> (ranker weights, storefront shape with its ranking, (recall, ndcg), head-only recall),
+    and with `ablations` ({name: weights held at 0}) a fifth item: {name: the same triple, the
+    best among the grid points that hold those weights at 0}.
     log: the new best points; progress: progress lines (shoppers decoded, grid points scored)."""
     best, head_only = None, None
+    ablated = {name: None for name in (ablations or {})}
     grid = grid or GRID
     seen = seen_items(shop, catalog)
     # shapes with the same keywords per section share one decoding with the most sections: the
@@ -198,7 +207,17 @@ def tune(cascade, shop, catalog, limit=None, log=None, shapes=SHAPES, rankings=R
                     if log:
                         log("  %s again=%g cooc=%g popularity=%g: recall@10 %.4f ndcg@10 %.4f"
                             % (best[2], wa, wc, wp, rec, nd))
-    return best[1], best[2], best[0], head_only
+                for name, held in (ablations or {}).items():
+                    if all(r[w] == 0 for w in held) and (
+                            ablated[name] is None or (rec, nd) > ablated[name][0]):
+                        ablated[name] = ((rec, nd), r, dict(shape, ranking=ranking))
+    if any(v is None for v in ablated.values()):
+        raise ValueError("an ablation holds at 0 a weight whose grid has no 0: %s"
+                         % [k for k, v in ablated.items() if v is None])
+    main = (best[1], best[2], best[0], head_only)
+    if ablations is None:
+        return main
+    return main + ({k: (v[1], v[2], v[0]) for k, v in ablated.items()},)
 
 
 def main(argv=None):
@@ -214,6 +233,10 @@ def main(argv=None):
     ap.add_argument("--decay", type=float, default=DEFAULT_RANKER["decay"],
                     help="recency decay of the history's item-to-item features (fixed, not tuned)")
     ap.add_argument("--wide-grid", action="store_true", help="the grid for large catalogues")
+    ap.add_argument("--ablations", action="store_true",
+                    help="also write OUT's siblings ranker-head-only.json (again, cooc and "
+                    "popularity held at 0: the retrieval head alone) and ranker-no-cooc.json "
+                    "(co-occurrence held at 0), tuned in the same pass")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
@@ -223,16 +246,25 @@ def main(argv=None):
     catalog = Catalog.from_shop(shop, model.cfg.code_levels, model.cfg.codebook)
     cascade = Cascade(model, tables, catalog, ranker=dict(DEFAULT_RANKER, decay=a.decay))
     shapes = tuple(json.loads(a.shapes)) if a.shapes else SHAPES
-    ranker, storefront, (rec, nd), head_only = tune(
-        cascade, shop, catalog, a.limit, log, shapes, tuple(a.rankings.split(",")),
-        WIDE_GRID if a.wide_grid else GRID, progress=log)
-    result = {"ranker": ranker, "storefront": storefront,
-              "valid_shoppers": len(sample_shoppers(shop, "valid", a.limit)),
+    got = tune(cascade, shop, catalog, a.limit, log, shapes, tuple(a.rankings.split(",")),
+               WIDE_GRID if a.wide_grid else GRID, progress=log,
+               ablations=ABLATIONS if a.ablations else None)
+    ranker, storefront, (rec, nd), head_only = got[:4]
+    n_valid = len(sample_shoppers(shop, "valid", a.limit))
+    result = {"ranker": ranker, "storefront": storefront, "valid_shoppers": n_valid,
               "valid_recall@10": rec, "valid_ndcg@10": nd,
               "valid_recall@10_retrieval_head_only": head_only}
     with open(a.out, "w") as f:
         json.dump(result, f, indent=1)
     log("ranker: %s" % json.dumps(result))
+    stem, ext = os.path.splitext(a.out)
+    for name, (r, sf, (rec, nd)) in (got[4].items() if a.ablations else ()):
+        out = "%s-%s%s" % (stem, name, ext)
+        with open(out, "w") as f:
+            json.dump({"ranker": r, "storefront": sf, "valid_shoppers": n_valid,
+                       "valid_recall@10": rec, "valid_ndcg@10": nd,
+                       "ablation": "%s held at 0" % ", ".join(ABLATIONS[name])}, f, indent=1)
+        log("%s: %s" % (out, json.dumps({"ranker": r, "storefront": sf, "recall@10": rec})))
     return 0
 
 
