@@ -841,7 +841,7 @@ static void bench_decoder_attention(bench *bn, const char *tag, const model *m, 
 
 typedef struct trie {
   int n_nodes, n_entries;
-  int32_t *indptr, *token, *child, *phrase; /* CSR, as host/bundle.h's vt_trie */
+  int32_t *indptr, *token, *child, *phrase; /* CSR, as engine/bundle.h's vt_trie */
   int32_t *inner;                           /* non-root nodes with children */
   int n_phrases, n_inner, root_fanout;
 } trie;
@@ -1062,7 +1062,7 @@ static void bench_batch(bench *bn, const model *m, int B, const trie *tr) {
   const int C = m->C, F = m->F, N = bt.N, M = B * m->NQ, rows = B * BEAM_WIDTH;
   fprintf(stderr, "%s: %d requests, %d event rows, %d memory rows, %d beam rows\n", bt.tag, B, N,
           M, rows);
-  // encoder (host/engine.c encode): per layer LN, QKV, attention, proj, residual LN, FFN, add
+  // encoder (engine/engine.c encode): per layer LN, QKV, attention, proj, residual LN, FFN, add
   bench_event_embed(bn, &bt);
   bench_norms(bn, bt.tag, "enc", N, C, 1, 0, 1);
   bench_matmul(bn, bt.tag, "enc.qkv", N, C, 3 * C, VT_ACT_NONE);

@@ -17,10 +17,10 @@
 #include <string.h>
 #include <time.h>
 
-#include "host/bundle.h"
-#include "host/catalog.h"
-#include "host/engine.h"
-#include "host/request.h"
+#include "engine/bundle.h"
+#include "engine/catalog.h"
+#include "engine/engine.h"
+#include "engine/request.h"
 
 static double now_s(void) {
   struct timespec t;

@@ -1,10 +1,10 @@
 # vitrine-bench: the gRPC load generator and latency profiler (bench/loadgen/, C11 on the gRPC C
 # core client API), and its tests. Included by the top-level CMakeLists.txt after server.cmake:
-# it links vitrine_host for the generated vitrine/v1/storefront.pb-c code, gRPC, protobuf-c and
+# it links vitrine_serve for the generated vitrine/v1/storefront.pb-c code, gRPC, protobuf-c and
 # cJSON (the linker takes only the objects it uses from the static library).
 file(GLOB VITRINE_LOADGEN_SRC CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/bench/loadgen/*.c)
 add_executable(vitrine-bench ${VITRINE_LOADGEN_SRC})
-target_link_libraries(vitrine-bench PRIVATE vitrine_host PkgConfig::GRPC PkgConfig::PROTOBUFC
+target_link_libraries(vitrine-bench PRIVATE vitrine_serve PkgConfig::GRPC PkgConfig::PROTOBUFC
                       PkgConfig::CJSON Threads::Threads m)
 
 # `make test`: the tool against a stub server with known answers, a real `vitrine serve` on the

@@ -1,5 +1,5 @@
 # The CUDA side of the backends, as one static library that every executable links besides
-# vitrine_host; VITRINE_CUDA_IMPL names it:
+# vitrine_engine; VITRINE_CUDA_IMPL names it:
 #   vitrine_cuda    kernels/cuda/*.cu behind kernels/ops_cuda.h, the CUDA backend table
 #                   (kernels/cuda/backend_cuda.c) and the registry (kernels/backend.c), with
 #                   VITRINE_HAVE_CUDA=1;

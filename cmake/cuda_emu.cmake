@@ -84,16 +84,16 @@ endif()
 foreach(t test_cuda_ops test_backend test_decode_ops test_device_parity test_rules)
   add_executable(${t}_emu ${CMAKE_SOURCE_DIR}/tests/${t}.c)
   set_property(TARGET ${t}_emu PROPERTY COMPILE_OPTIONS "${VITRINE_EMU_OPTIONS}")
-  target_link_libraries(${t}_emu PRIVATE vitrine_host vitrine_cuda_emu PkgConfig::CRITERION)
+  target_link_libraries(${t}_emu PRIVATE vitrine_serve vitrine_engine vitrine_cuda_emu PkgConfig::CRITERION)
   add_test(NAME ${t}_emu COMMAND ${t}_emu --jobs 1 WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
   # one OpenBLAS thread: the emulator runs on one, and idle OpenBLAS threads spin
   set_tests_properties(${t}_emu PROPERTIES FIXTURES_REQUIRED fixture
                        TIMEOUT ${VITRINE_EMU_TEST_TIMEOUT}
                        ENVIRONMENT "VT_FIXTURE=${CMAKE_BINARY_DIR}/fixture;VT_BUILD=${CMAKE_BINARY_DIR};OPENBLAS_NUM_THREADS=1")
 endforeach()
-add_executable(vitrine-emu ${CMAKE_SOURCE_DIR}/host/main.c)
+add_executable(vitrine-emu ${CMAKE_SOURCE_DIR}/cli/main.c)
 set_property(TARGET vitrine-emu PROPERTY COMPILE_OPTIONS "${VITRINE_EMU_OPTIONS}")
-target_link_libraries(vitrine-emu PRIVATE vitrine_host vitrine_cuda_emu)
+target_link_libraries(vitrine-emu PRIVATE vitrine_serve vitrine_engine vitrine_cuda_emu)
 
 vitrine_emu_wrap(VITRINE_EMU_SELFTEST ${CMAKE_SOURCE_DIR}/tests/cuda_emu/selftest_kernels.cu)
 add_executable(test_cuda_emu ${CMAKE_SOURCE_DIR}/tests/test_cuda_emu.c ${VITRINE_EMU_SELFTEST})

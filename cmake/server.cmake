@@ -1,9 +1,9 @@
 # The gRPC server (`vitrine serve`): protobuf-c code generated from proto/ into the build tree,
-# the gRPC C core, protobuf-c and zlib (the metrics port is our own, host/httpd.c), added to the
-# existing targets vitrine_host and vitrine. Included by the top-level CMakeLists.txt after those targets exist.
+# the gRPC C core, protobuf-c and zlib (the metrics port is our own, serve/httpd.c), added to the
+# existing targets vitrine_serve and vitrine. Included by the top-level CMakeLists.txt after those targets exist.
 pkg_check_modules(GRPC REQUIRED IMPORTED_TARGET grpc)
 pkg_check_modules(PROTOBUFC REQUIRED IMPORTED_TARGET libprotobuf-c)
-# zlib: compressed requests are inflated by the server, bounded (host/server.c inflate_payload)
+# zlib: compressed requests are inflated by the server, bounded (serve/server.c inflate_payload)
 pkg_check_modules(VT_ZLIB REQUIRED IMPORTED_TARGET zlib)
 find_program(PROTOC_C protoc-c REQUIRED)
 find_package(Threads REQUIRED)
@@ -33,9 +33,9 @@ add_custom_command(
 set_source_files_properties(${VITRINE_GEN_SRC} PROPERTIES GENERATED TRUE
                             COMPILE_OPTIONS "-Wno-error;-Wno-unused-parameter")
 
-target_sources(vitrine_host PRIVATE ${VITRINE_GEN_SRC})
-target_include_directories(vitrine_host PUBLIC ${VITRINE_GEN_DIR})
-target_link_libraries(vitrine_host PUBLIC PkgConfig::GRPC PkgConfig::PROTOBUFC PkgConfig::VT_ZLIB
+target_sources(vitrine_serve PRIVATE ${VITRINE_GEN_SRC})
+target_include_directories(vitrine_serve PUBLIC ${VITRINE_GEN_DIR})
+target_link_libraries(vitrine_serve PUBLIC PkgConfig::GRPC PkgConfig::PROTOBUFC PkgConfig::VT_ZLIB
                       Threads::Threads)
 
 # `make test`: the server tests (Python grpcio from Debian) against a real `vitrine serve`

@@ -56,7 +56,7 @@ typedef struct vt_storefront {
 } vt_storefront;
 
 /* ---- beam-search state -------------------------------------------------------------------- */
-/* A prefix trie in CSR form (host/bundle.h builds it): node n's children are entries
+/* A prefix trie in CSR form (engine/bundle.h builds it): node n's children are entries
  * indptr[n] .. indptr[n+1]-1 in ascending token order; phrase[n] >= 0 where a phrase ends. */
 typedef struct vt_trie_csr {
   const int32_t *indptr, *token, *child, *phrase;
@@ -152,7 +152,7 @@ typedef struct vt_page_req {
   int32_t excl0, n_excl; /* excluded products: excl[excl0 .. +n_excl-1] */
 } vt_page_req;
 
-/* Which themes a section may show, from the catalogue's rules (host/rules.h); all 0: any. */
+/* Which themes a section may show, from the catalogue's rules (engine/rules.h); all 0: any. */
 typedef struct vt_theme_rules {
   const uint32_t *block; /* (n_themes * 4) or NULL: bit r of [t * 4 + s]: theme t is not shown
                             in region r during season s */
@@ -172,7 +172,7 @@ void vt_beam_themes_to_keywords(vt_storefront *out, vt_beam_rows rows2, vt_beam_
                                 vt_beam_groups g1, const vt_page_req *req, vt_theme_rules tr,
                                 int B, int G2, int maxT, int sep);
 
-/* The catalogue as the page step reads it (docs/BUNDLE.md; host/catalog.h). */
+/* The catalogue as the page step reads it (docs/BUNDLE.md; engine/catalog.h). */
 typedef struct vt_shelf {
   int n_products, d_retrieval;
   const int32_t *kw_off, *kw_prod; /* keyword k's products kw_prod[kw_off[k] ..] */
@@ -183,7 +183,7 @@ typedef struct vt_shelf {
   const float *log_pop;            /* (P) */
   const int32_t *rel_off, *rel_idx; /* product a's related products */
   const float *rel_w;
-  /* optional (NULL: none), from the catalogue's rules (host/rules.h): bit r of [k * 4 + s] set:
+  /* optional (NULL: none), from the catalogue's rules (engine/rules.h): bit r of [k * 4 + s] set:
    * keyword k / product p is not shown in region r during season s */
   const uint32_t *kw_block;   /* (n_keywords * 4) */
   const uint32_t *prod_block; /* (P * 4) */

@@ -30,7 +30,7 @@
 extern "C" {
 #endif
 
-/* Error codes; the values agree with host/status.h where the meanings agree. */
+/* Error codes; the values agree with engine/status.h where the meanings agree. */
 enum {
   VT_CUDA_OK = 0,
   VT_CUDA_EINVAL = -3, /* a bad argument (shape, NULL pointer, unsupported size) */

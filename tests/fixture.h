@@ -7,8 +7,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "host/bundle.h"
-#include "host/catalog.h"
+#include "engine/bundle.h"
+#include "engine/catalog.h"
 
 /* Loads $VT_FIXTURE/bundle into *b and $VT_FIXTURE/catalog into *c; the catalogue's absolute
  * path goes to cat_dir (cap bytes) when it is not NULL (for tests that link to its files). Any

@@ -16,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "host/bundle.h"
+#include "engine/bundle.h"
 #include "kernels/backend.h"
 
 #ifdef VT_CUDA_EMU
@@ -499,7 +499,7 @@ static void handover_case(vt_backend *be, int seed) {
     }
   }
   /* half the seeds: themes blocked in some (region, season) and sections restricted to some
-   * themes (the rules' tables, host/rules.h); drawn last, the rest of the case stays the same */
+   * themes (the rules' tables, engine/rules.h); drawn last, the rest of the case stays the same */
   const int NT = fin_cap * 7;
   uint32_t *block = NULL, *allow = NULL;
   vt_theme_rules tr = {0}, dtr = {0};
@@ -659,7 +659,7 @@ static void page_case(vt_backend *be, int seed) {
   }
   memcpy(got, out, (size_t)B * sizeof *out);
   /* half the seeds: keywords and products blocked in some (region, season) (the rules' tables,
-   * host/rules.h); drawn last, so the rest of the case is the same as without them */
+   * engine/rules.h); drawn last, so the rest of the case is the same as without them */
   uint32_t *kw_block = NULL, *prod_block = NULL;
   if (seed % 4 >= 2) {
     kw_block = xcalloc((size_t)NK * 4, 4);

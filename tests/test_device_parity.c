@@ -14,11 +14,11 @@
 
 #include <cjson/cJSON.h>
 
-#include "host/bundle.h"
-#include "host/catalog.h"
-#include "host/engine.h"
-#include "host/request.h"
-#include "host/safetensors.h"
+#include "engine/bundle.h"
+#include "engine/catalog.h"
+#include "engine/engine.h"
+#include "engine/request.h"
+#include "engine/safetensors.h"
 
 #ifdef VT_CUDA_EMU
 #include "vt_emu.h"

@@ -14,9 +14,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "host/bundle.h"
-#include "host/catalog.h"
-#include "host/safetensors.h"
+#include "engine/bundle.h"
+#include "engine/catalog.h"
+#include "engine/safetensors.h"
 
 #define PATHLEN 1024
 

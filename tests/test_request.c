@@ -5,11 +5,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "host/bundle.h"
-#include "host/calendar.h"
-#include "host/catalog.h"
-#include "host/engine.h"
-#include "host/request.h"
+#include "engine/bundle.h"
+#include "engine/calendar.h"
+#include "engine/catalog.h"
+#include "engine/engine.h"
+#include "engine/request.h"
 #include "tests/fixture.h"
 
 static vt_bundle *b;

@@ -1,4 +1,4 @@
-/* The review page's pieces without a browser (host/review.c; the page itself in a real browser:
+/* The review page's pieces without a browser (serve/review.c; the page itself in a real browser:
  * tests/server/test_review.py): HTML escaping, the token check, form decoding, the value check
  * that keeps other rule lines out of rules.txt, the atomic append (content kept byte for byte,
  * mode kept, no temporary file left, unknown phrases, injections, repeats, broken files and
@@ -12,10 +12,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "host/bundle.h"
-#include "host/catalog.h"
-#include "host/review.h"
-#include "host/rules.h"
+#include "engine/bundle.h"
+#include "engine/catalog.h"
+#include "serve/review.h"
+#include "engine/rules.h"
 #include "tests/fixture.h"
 
 static vt_bundle *b;

@@ -1,4 +1,4 @@
-/* The rules file (host/rules.c, docs/RULES.md): refusals with their line numbers, the season
+/* The rules file (engine/rules.c, docs/RULES.md): refusals with their line numbers, the season
  * table, and each rule's effect on the storefronts of the fixture (a phrase or product that
  * appeared without the rules never appears with them), the brief's failure case (a winter history
  * in the local summer), and, on a device (the emulator in test_rules_emu), the rules' tries giving
@@ -10,12 +10,12 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "host/bundle.h"
-#include "host/calendar.h"
-#include "host/catalog.h"
-#include "host/engine.h"
-#include "host/request.h"
-#include "host/rules.h"
+#include "engine/bundle.h"
+#include "engine/calendar.h"
+#include "engine/catalog.h"
+#include "engine/engine.h"
+#include "engine/request.h"
+#include "engine/rules.h"
 #include "tests/fixture.h"
 
 #define N_REQ 24

@@ -283,7 +283,7 @@ def _table(path):
 
 
 def _check_calibration(m, cfg, path):
-    """ranker.calibration as host/bundle.c's vt_bundle_check_calibration takes it."""
+    """ranker.calibration as engine/bundle.c's vt_bundle_check_calibration takes it."""
     from .cascade import CALIB_CATEGORIES
     cal = (m.get("ranker") or {}).get("calibration", 0.0)
     if isinstance(cal, bool) or not isinstance(cal, (int, float)) or not 0 <= cal <= 1:

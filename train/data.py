@@ -255,7 +255,7 @@ def _text(s, field):
 
 def validate_request(req, tables, cfg):
     """Checks a request and returns (events sorted and truncated, n_dropped). Raises RequestError
-    with the message the C engine gives (host/request.c)."""
+    with the message the C engine gives (engine/request.c)."""
     if not isinstance(req, dict):
         raise RequestError("request must be an object")
     if not req:

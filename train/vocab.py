@@ -22,7 +22,7 @@ SPECIALS = ("<pad>", "<bos>", "<sep>", "<eos>", "<unk>")
 
 # What queries and phrases are split into words on: the characters Python's str.isspace() is
 # true for (those str.split() splits on), written out so that the definition does not move with
-# the Python version and the C engine (host/text.c vt_is_space) lists exactly the same ones.
+# the Python version and the C engine (engine/text.c vt_is_space) lists exactly the same ones.
 WHITESPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680" +
               "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000")
 _SPLIT = re.compile("[%s]+" % re.escape(WHITESPACE))

@@ -24,7 +24,7 @@
 #include "stats.h"
 #include "vitrine/v1/storefront.pb-c.h"
 
-#include "host/pbwire.h"
+#include "serve/pbwire.h"
 
 static const char *const STATUS_NAMES[VB_N_STATUS] = {
     "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",

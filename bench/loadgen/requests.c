@@ -1,5 +1,5 @@
 /* JSON request lines -> serialized vitrine.v1.RecommendRequest (see requests.h). The mapping is
- * the one of docs/SERVER.md, the inverse of what host/server.c builds from a protobuf. */
+ * the one of docs/SERVER.md, the inverse of what serve/server.c builds from a protobuf. */
 #include "requests.h"
 
 #include <errno.h>

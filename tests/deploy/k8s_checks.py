@@ -387,7 +387,7 @@ def check_services(r):
     for rule in adapter_rules():
         rule_names.add(rule["name"]["as"])
         series = re.match(r"\s*(\w+)", rule["seriesQuery"]).group(1)
-        with open(os.path.join(ROOT, "host", "metrics.c")) as f:
+        with open(os.path.join(ROOT, "serve", "metrics.c")) as f:
             metrics_c = f.read()
         base = re.sub(r"_(count|sum|bucket)$", "", series)
         if f'"{base}"' not in metrics_c:

@@ -183,11 +183,11 @@ def test_drain_moves_calls_to_the_other_server(server_factory):
 
 
 def test_keepalive_within_what_the_server_allows(server_factory):
-    """The server sets no keepalive or ping policy (host/server.c), so gRPC's defaults hold: it
+    """The server sets no keepalive or ping policy (serve/server.c), so gRPC's defaults hold: it
     answers a client that pings more often than every 5 minutes with GOAWAY too_many_pings after
     2 strikes. channel_args.json pings no more often than that; a client pinging every second
     has its long call (a Watch stream) cut."""
-    with open(os.path.join(ROOT, "host", "server.c")) as f:
+    with open(os.path.join(ROOT, "serve", "server.c")) as f:
         server_c = f.read()
     assert not re.search(r"GRPC_ARG_(KEEPALIVE|HTTP2_MIN_RECV_PING|HTTP2_MAX_PING_STRIKES)",
                          server_c), "the server now sets a ping policy: update docs/CLIENTS.md"

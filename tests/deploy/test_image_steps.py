@@ -155,8 +155,8 @@ def test_dockerignore_matcher():
     assert _match("*", "build/vitrine") and _match("build", "build/x/y")
     assert not _match("bench/*.c", "bench/loadgen/main.c") and _match("bench/*.c", "bench/a.c")
     assert _match("**/__pycache__", "a/b/__pycache__/x.pyc") and _match("**/*.pyc", "x.pyc")
-    rules = [(False, "*"), (True, "host"), (False, "**/*.pyc")]
-    assert in_context("host/main.c", rules) and not in_context("host/x.pyc", rules)
+    rules = [(False, "*"), (True, "cli"), (False, "**/*.pyc")]
+    assert in_context("cli/main.c", rules) and not in_context("cli/x.pyc", rules)
     assert not in_context("train/x.py", rules)
 
 
@@ -172,7 +172,7 @@ def test_dockerignore_context(tmp_path):
     need = {"CMakeLists.txt", "scripts/install-deps.sh", "deploy/image/build.sh",
             "deploy/image/stage.sh", "deploy/image/install-cuda.sh",
             "deploy/image/runtime-base-libs.txt", "proto/vitrine/v1/storefront.proto"}
-    need |= {p for p in tracked if p.startswith(("host/", "kernels/", "cmake/"))}
+    need |= {p for p in tracked if p.startswith(("engine/", "serve/", "cli/", "kernels/", "cmake/"))}
     assert not need - files, sorted(need - files)
     ctx = tmp_path / "ctx"
     for p in files:

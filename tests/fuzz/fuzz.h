@@ -8,8 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "host/bundle.h"
-#include "host/catalog.h"
+#include "engine/bundle.h"
+#include "engine/catalog.h"
 
 /* The fixture directory (VT_FIXTURE, else the build's fixture); the process exits with a message
  * when it has no bundle, as a fuzz run against nothing would find nothing. */

@@ -1,4 +1,4 @@
-/* The bundle loader (host/bundle.c): the fixture's bundle with one of its small files replaced by
+/* The bundle loader (engine/bundle.c): the fixture's bundle with one of its small files replaced by
  * the input. The first byte picks the file (manifest.json, vocab.txt, keywords.tsv, themes.tsv);
  * for the last three the manifest is given the file's true size and sha256, so the input reaches
  * the parser behind the integrity check. */

@@ -1,4 +1,4 @@
-/* The catalogue loader (host/catalog.c) against the fixture's bundle: the fixture's catalogue
+/* The catalogue loader (engine/catalog.c) against the fixture's bundle: the fixture's catalogue
  * with one file replaced by the input. The first byte picks it (manifest.json, products.tsv,
  * embeddings.safetensors); for the last two the manifest gets the true size and sha256. */
 #include <stdio.h>

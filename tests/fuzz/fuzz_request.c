@@ -1,9 +1,9 @@
-/* The JSON request parser (host/request.c: the CLI's and, behind host/wire.c, the server's),
+/* The JSON request parser (engine/request.c: the CLI's and, behind serve/wire.c, the server's),
  * against the fixture's bundle and catalogue. */
 #include <stdlib.h>
 #include <string.h>
 
-#include "host/request.h"
+#include "engine/request.h"
 #include "tests/fuzz/fuzz.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {

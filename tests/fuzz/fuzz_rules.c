@@ -1,9 +1,9 @@
-/* The rules parser (host/rules.c: the catalogue's rules.txt, docs/RULES.md), against the
+/* The rules parser (engine/rules.c: the catalogue's rules.txt, docs/RULES.md), against the
  * fixture's bundle and catalogue. */
 #include <stdlib.h>
 #include <string.h>
 
-#include "host/rules.h"
+#include "engine/rules.h"
 #include "tests/fuzz/fuzz.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {

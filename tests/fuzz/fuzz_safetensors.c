@@ -1,10 +1,10 @@
-/* The safetensors reader (host/safetensors.c): a file of the input's bytes, opened by mmap;
+/* The safetensors reader (engine/safetensors.c): a file of the input's bytes, opened by mmap;
  * every tensor it accepts is read end to end (ASan sees a range outside the mapping). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "host/safetensors.h"
+#include "engine/safetensors.h"
 #include "tests/fuzz/fuzz.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {

@@ -1,11 +1,11 @@
-/* The server's decode path without a socket: protobuf bytes (host/wire.c, host/pbwire.c) into the
- * request parser, as host/server.c does for Recommend; GetInfo and Health bodies too. */
+/* The server's decode path without a socket: protobuf bytes (serve/wire.c, serve/pbwire.c) into the
+ * request parser, as serve/server.c does for Recommend; GetInfo and Health bodies too. */
 #include <stdlib.h>
 #include <string.h>
 
-#include "host/pbwire.h"
-#include "host/request.h"
-#include "host/wire.h"
+#include "serve/pbwire.h"
+#include "engine/request.h"
+#include "serve/wire.h"
 #include "tests/fuzz/fuzz.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {

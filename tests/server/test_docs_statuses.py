@@ -4,7 +4,7 @@ Every message a client can get is taken from the code on the request path -- the
 passed to reply(), vt_fail(), malformed(), FAIL(), grpc_call_cancel_with_status() and
 snprintf() into a message buffer, and assigned to a `why` -- and must appear in the section, in
 order, with each printf conversion standing for any text (the doc writes `<field>`, `<n>`, ...).
-Every gRPC status code host/server.c uses must be in one of the section's tables, every HTTP
+Every gRPC status code serve/server.c uses must be in one of the section's tables, every HTTP
 status of the metrics port with its reason phrase, and the fixed limits with their values."""
 import os
 import re
@@ -18,14 +18,14 @@ SECTION = "## Limits and statuses"
 # What carries a client-visible message, file by file: functions whose literal arguments are
 # messages, snprintf() destinations that are message buffers, and variables assigned a message.
 SOURCES = {
-    "host/server.c": {"calls": {"reply", "grpc_call_cancel_with_status"},
+    "serve/server.c": {"calls": {"reply", "grpc_call_cancel_with_status"},
                       "snprintf": {"msg"}, "assign": {"why"}},
-    "host/sched.c": {"calls": set(), "snprintf": {"msg"}, "assign": set()},
-    "host/wire.c": {"calls": {"vt_fail", "malformed"}, "snprintf": {"why", "w"},
+    "serve/sched.c": {"calls": set(), "snprintf": {"msg"}, "assign": set()},
+    "serve/wire.c": {"calls": {"vt_fail", "malformed"}, "snprintf": {"why", "w"},
                     "assign": {"why"}},
-    "host/pbwire.c": {"calls": {"FAIL"}, "snprintf": set(), "assign": {"why"}},
-    "host/request.c": {"calls": {"vt_fail"}, "snprintf": set(), "assign": set()},
-    "host/httpd.c": {"calls": {"answer"}, "snprintf": set(), "assign": set()},
+    "serve/pbwire.c": {"calls": {"FAIL"}, "snprintf": set(), "assign": {"why"}},
+    "engine/request.c": {"calls": {"vt_fail"}, "snprintf": set(), "assign": set()},
+    "serve/httpd.c": {"calls": {"answer"}, "snprintf": set(), "assign": set()},
 }
 
 # <inttypes.h> macros that end a format inside a literal run ("... not %" PRId32)
@@ -227,15 +227,15 @@ def test_message_documented(rel, line, msg):
 
 
 def test_every_grpc_status_in_a_status_table():
-    codes = sorted(set(re.findall(r"\bGRPC_STATUS_([A-Z_]+)", read("host/server.c"))))
+    codes = sorted(set(re.findall(r"\bGRPC_STATUS_([A-Z_]+)", read("serve/server.c"))))
     assert "INVALID_ARGUMENT" in codes and "UNAVAILABLE" in codes, codes
     rows = "\n".join(table_rows(section()))
     missing = [c for c in codes if not re.search(r"^\| `" + c + "`", rows, re.M)]
-    assert not missing, f"status codes host/server.c uses but no status table row starts with: {missing}"
+    assert not missing, f"status codes serve/server.c uses but no status table row starts with: {missing}"
 
 
 def test_every_http_status_documented():
-    toks, _ = tokenize(read("host/httpd.c"))
+    toks, _ = tokenize(read("serve/httpd.c"))
     answers = []
     for i, (kind, text, _) in enumerate(toks):
         if kind == "id" and text == "answer" and toks[i + 1][1] == "(":
@@ -260,10 +260,10 @@ def defines(rel, names):
     return out
 
 
-FIXED = [("host/server.c", ["MAX_ID_BYTES"]),
-         ("host/pbwire.h", ["VT_PB_MAX_DEPTH"]),
-         ("host/request.h", ["VT_MAX_QUERY_TOKENS"]),
-         ("host/httpd.h", ["VT_HTTPD_MAX_CONNS", "VT_HTTPD_HEAD_MAX", "VT_HTTPD_REQUEST_MS",
+FIXED = [("serve/server.c", ["MAX_ID_BYTES"]),
+         ("serve/pbwire.h", ["VT_PB_MAX_DEPTH"]),
+         ("engine/request.h", ["VT_MAX_QUERY_TOKENS"]),
+         ("serve/httpd.h", ["VT_HTTPD_MAX_CONNS", "VT_HTTPD_HEAD_MAX", "VT_HTTPD_REQUEST_MS",
                            "VT_HTTPD_TOTAL_MS"])]
 
 
@@ -281,10 +281,10 @@ LIMIT_OPTIONS = ["--max-message-bytes", "--max-request-events", "--queue-capacit
 
 @pytest.mark.parametrize("flag", LIMIT_OPTIONS)
 def test_option_limit_defaults_documented(flag):
-    src = read("host/serve.c")
+    src = read("serve/serve.c")
     m = re.search(r'\{"' + re.escape(flag) + r'",\s*"\w+",\s*"N",\s*(?:"(?:[^"\\]|\\.)*"\s*)+,'
                   r"\s*NULL,\s*([^,]+),\s*([^,]+),\s*([^,}]+)\}", src)
-    assert m, f"host/serve.c: cannot read the option table entry of {flag}"
+    assert m, f"serve/serve.c: cannot read the option table entry of {flag}"
 
     def num(expr):
         expr = expr.strip().replace("INT_MAX", str(2**31 - 1))

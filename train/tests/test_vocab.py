@@ -1,9 +1,9 @@
-"""The tokeniser's definition (train/vocab.py), which the C engine implements too (host/text.c,
+"""The tokeniser's definition (train/vocab.py), which the C engine implements too (engine/text.c,
 tests/test_request.c): words split at exactly the characters str.isspace() is true for, only A-Z
 lowercased."""
 from train.vocab import UNK, WHITESPACE, Vocab, split, words
 
-# the list docs/SERVER.md gives and host/text.c vt_is_space tests
+# the list docs/SERVER.md gives and engine/text.c vt_is_space tests
 SPACES = [0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x1F, 0x20, 0x85, 0xA0, 0x1680,
           *range(0x2000, 0x200B), 0x2028, 0x2029, 0x202F, 0x205F, 0x3000]
 

@@ -7,8 +7,8 @@
  * A request for CUDA that cannot be met falls back to the CPU engines with the reason, which the
  * caller logs: the binary was built without CUDA, or no device answers. A malformed value or a
  * device number that does not exist on a machine with devices is an error, not a fallback. */
-#ifndef VITRINE_HOST_DEVICE_H
-#define VITRINE_HOST_DEVICE_H
+#ifndef VITRINE_ENGINE_DEVICE_H
+#define VITRINE_ENGINE_DEVICE_H
 
 #include "status.h"
 

@@ -1,7 +1,7 @@
 /* The catalogue (docs/BUNDLE.md): products, attributes, statistics and product embeddings,
  * loaded separately from the model and checked against the bundle it is used with. */
-#ifndef VITRINE_HOST_CATALOG_H
-#define VITRINE_HOST_CATALOG_H
+#ifndef VITRINE_ENGINE_CATALOG_H
+#define VITRINE_ENGINE_CATALOG_H
 
 #include <stdint.h>
 
@@ -25,7 +25,7 @@ typedef struct vt_catalog {
   int32_t *rel_idx;
   float *rel_w;
   float *emb;            /* (P, d_retrieval) */
-  /* dir/rules.txt (host/rules.h), NULL when there is none: its product rules are already folded
+  /* dir/rules.txt (engine/rules.h), NULL when there is none: its product rules are already folded
    * into regions and seasons above; its pruned tries and season table are read by the engine */
   struct vt_rules *rules;
   /* private: id hash, the mapping */

@@ -310,7 +310,7 @@ char *vt_metrics_render(vt_metrics *m) {
   return b.p;
 }
 
-/* ---- HTTP (host/httpd.c: deadlines from the accept, a capped table that closes its oldest
+/* ---- HTTP (serve/httpd.c: deadlines from the accept, a capped table that closes its oldest
  * connection, so slow or idle clients never block a scrape) ---- */
 static char *render_cb(void *arg) { return vt_metrics_render(arg); }
 

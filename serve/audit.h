@@ -8,16 +8,16 @@
  * and the rule that decided it, what the filters and the rules held back, the shopper id's hash)
  * and appends them to the file, rotating it by size: PATH -> PATH.1 -> ... -> PATH.(keep - 1).
  * Written, dropped and failed records are counted in the metrics. */
-#ifndef VITRINE_HOST_AUDIT_H
-#define VITRINE_HOST_AUDIT_H
+#ifndef VITRINE_SERVE_AUDIT_H
+#define VITRINE_SERVE_AUDIT_H
 
 #include <stddef.h>
 #include <stdint.h>
 
 #include "metrics.h"
-#include "request.h"
+#include "engine/request.h"
 #include "sched.h"
-#include "status.h"
+#include "engine/status.h"
 
 typedef struct vt_audit_opts {
   const char *path; /* the log file (its directory must exist) */

@@ -270,7 +270,7 @@ struct vt_engine {
   const vt_bundle *b;
   const vt_catalog *c;
   vt_shelf shelf;
-  vt_trie_csr theme_trie, keyword_trie; /* the model's, or the rules' pruned ones (host/rules.h) */
+  vt_trie_csr theme_trie, keyword_trie; /* the model's, or the rules' pruned ones (engine/rules.h) */
   vt_theme_rules theme_rules;           /* the rules' theme tables (none: all 0) */
   void *shelf_buf;        /* the device copy of the catalogue tables (NULL on the CPU) */
   int max_theme_len, max_keyword_len; /* words */
@@ -331,7 +331,7 @@ static void table_layout(const uint32_t *src, size_t n, lay *l, lay *h, const ui
     *dst = d;
 }
 
-/* The rules' tables (host/rules.h) that exist, after the catalogue's: the pruned tries (as
+/* The rules' tables (engine/rules.h) that exist, after the catalogue's: the pruned tries (as
  * model_layout places the bundle's), the page op's (region, season) blocks and the theme ones. */
 static void rules_layout(const vt_catalog *c, int n_keywords, lay *l, lay *h, vt_shelf *s,
                          vt_trie_csr *tt, vt_trie_csr *kt, vt_theme_rules *tr) {

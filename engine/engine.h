@@ -19,8 +19,8 @@
  * Decoder keys and values live in a per-layer pool; each beam holds a table of pool slots, so
  * following a beam's parent copies a few ints, never cached vectors. A batch's buffers come from
  * one arena per engine that grows to the largest batch seen and is then reused. */
-#ifndef VITRINE_HOST_ENGINE_H
-#define VITRINE_HOST_ENGINE_H
+#ifndef VITRINE_ENGINE_ENGINE_H
+#define VITRINE_ENGINE_ENGINE_H
 
 #include "bundle.h"
 #include "catalog.h"

@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include "pbwire.h"
-#include "text.h"
+#include "engine/text.h"
 
 static const char *const ACTION_NAMES[] = {NULL, "view", "search", "cart", "purchase"};
 

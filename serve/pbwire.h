@@ -1,10 +1,10 @@
-/* Walking protobuf wire format without a schema: the server's request decoding (host/wire.c) and
+/* Walking protobuf wire format without a schema: the server's request decoding (serve/wire.c) and
  * the load generator's read of one field of an answer. Framing is checked the way the reference
  * parsers check it: varints of at most 10 bytes, field numbers 1..2^29 - 1, wire types 0, 1, 2, 5
  * and groups (3 ... 4 with the same field number, nested at most VT_PB_MAX_DEPTH deep), which
  * are skipped as unknown fields are; a length never runs past the end. */
-#ifndef VITRINE_HOST_PBWIRE_H
-#define VITRINE_HOST_PBWIRE_H
+#ifndef VITRINE_SERVE_PBWIRE_H
+#define VITRINE_SERVE_PBWIRE_H
 
 #include <stddef.h>
 #include <stdint.h>

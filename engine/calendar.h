@@ -1,6 +1,6 @@
 /* Calendar arithmetic on Unix seconds (UTC), bit-identical to train/calendar.py. */
-#ifndef VITRINE_HOST_CALENDAR_H
-#define VITRINE_HOST_CALENDAR_H
+#ifndef VITRINE_ENGINE_CALENDAR_H
+#define VITRINE_ENGINE_CALENDAR_H
 
 #include <stdint.h>
 

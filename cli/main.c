@@ -11,13 +11,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "host/bundle.h"
-#include "host/catalog.h"
-#include "host/engine.h"
-#include "host/request.h"
-#include "host/rules.h"
-#include "host/serve.h"
-#include "host/text.h"
+#include "engine/bundle.h"
+#include "engine/catalog.h"
+#include "engine/engine.h"
+#include "engine/request.h"
+#include "engine/rules.h"
+#include "serve/serve.h"
+#include "engine/text.h"
 
 #include <cjson/cJSON.h>
 

@@ -2,8 +2,8 @@
  * vt_bundle_load validates everything it reads (format and version, sha256 and size of every file,
  * tensor names and shapes against the config, NaN/Inf, vocabulary and phrase tables) and refuses
  * a bad bundle with a message that names the file and the problem. */
-#ifndef VITRINE_HOST_BUNDLE_H
-#define VITRINE_HOST_BUNDLE_H
+#ifndef VITRINE_ENGINE_BUNDLE_H
+#define VITRINE_ENGINE_BUNDLE_H
 
 #include <stddef.h>
 #include <stdint.h>

@@ -21,12 +21,12 @@
 #include <unistd.h>
 
 #include "audit.h"
-#include "bundle.h"
-#include "catalog.h"
+#include "engine/bundle.h"
+#include "engine/catalog.h"
 #include "metrics.h"
-#include "device.h"
+#include "engine/device.h"
 #include "review.h"
-#include "rules.h"
+#include "engine/rules.h"
 #include "sched.h"
 #include "server.h"
 

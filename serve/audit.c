@@ -17,10 +17,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "calendar.h"
-#include "rules.h"
+#include "engine/calendar.h"
+#include "engine/rules.h"
 #include "server.h"
-#include "text.h"
+#include "engine/text.h"
 
 #define MAX_ID 256       /* bytes of a shopper id kept (the server refuses longer ones) */
 #define MAX_LISTED 32    /* rule lines listed per record; more are counted */

@@ -16,8 +16,8 @@
  *   seasons by region and date: a table (region, month, day) -> season that replaces the
  *     bundle's calendar (and a tropical region's fixed season) where a range covers the date.
  * Not an engine-layer file of gRPC: the server and the CLI both go through vt_catalog_load. */
-#ifndef VITRINE_HOST_RULES_H
-#define VITRINE_HOST_RULES_H
+#ifndef VITRINE_ENGINE_RULES_H
+#define VITRINE_ENGINE_RULES_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -74,7 +74,7 @@ typedef struct vt_rules {
    * bit k of restricted: section k shows only the themes that allow it (vt_theme_rules) */
   uint32_t *theme_allow; /* (n_themes), NULL without allow-only rules */
   uint32_t restricted;
-  /* for the audit log (host/audit.h), which names the lines that acted on a request:
+  /* for the audit log (serve/audit.h), which names the lines that acted on a request:
    * text[i]: line i's rule, its words joined by one space, comment dropped (NULL: blank or a
    * comment; [0] unused); season_line: the `season` line setting each (region, month, day) cell,
    * 0: none; scoped: the lines of vt_rule_scope, sorted by (kind, id, line);

@@ -17,8 +17,8 @@
 #include <unistd.h>
 
 #include "httpd.h"
-#include "rules.h"
-#include "text.h"
+#include "engine/rules.h"
+#include "engine/text.h"
 
 struct vt_review {
   vt_review_opts o;

@@ -2,8 +2,8 @@
  * JSON header, then the data). Every inconsistency is refused with a message naming the file:
  * header longer than the file, malformed JSON, unknown dtype, a shape that does not match the
  * byte range, data outside the file, overlapping tensors. */
-#ifndef VITRINE_HOST_SAFETENSORS_H
-#define VITRINE_HOST_SAFETENSORS_H
+#ifndef VITRINE_ENGINE_SAFETENSORS_H
+#define VITRINE_ENGINE_SAFETENSORS_H
 
 #include <stddef.h>
 #include <stdint.h>

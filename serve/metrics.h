@@ -1,11 +1,11 @@
 /* Prometheus metrics for `vitrine serve`: counters, gauges and histograms kept in memory and served
- * as Prometheus text (version 0.0.4) over HTTP on its own port (GET /metrics; host/httpd.h: slow
+ * as Prometheus text (version 0.0.4) over HTTP on its own port (GET /metrics; serve/httpd.h: slow
  * and excess connections are closed so that scrapes keep working).
  * Every function is thread-safe. */
-#ifndef VITRINE_HOST_METRICS_H
-#define VITRINE_HOST_METRICS_H
+#ifndef VITRINE_SERVE_METRICS_H
+#define VITRINE_SERVE_METRICS_H
 
-#include "status.h"
+#include "engine/status.h"
 
 typedef struct vt_metrics vt_metrics;
 
@@ -41,7 +41,7 @@ void vt_metrics_reload(vt_metrics *m, int ok);
 /* A TLS handshake the server refused (a plaintext client, an untrusted or missing certificate). */
 void vt_metrics_tls_refused(vt_metrics *m);
 
-/* The audit log (host/audit.h): records written, dropped because the ring was full or the record
+/* The audit log (serve/audit.h): records written, dropped because the ring was full or the record
  * was larger than a whole file may be, and failed writes (deltas). */
 void vt_metrics_audit(vt_metrics *m, long written, long ring_full, long too_large, long errors);
 

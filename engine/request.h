@@ -1,8 +1,8 @@
 /* Requests and storefronts: the engine's input and output, and their JSON forms (the same fields
  * the gRPC API carries). Parsing validates exactly as train/data.py validate_request does and
  * answers VT_EINVAL with a message naming the field ("events[3].action must be one of ..."). */
-#ifndef VITRINE_HOST_REQUEST_H
-#define VITRINE_HOST_REQUEST_H
+#ifndef VITRINE_ENGINE_REQUEST_H
+#define VITRINE_ENGINE_REQUEST_H
 
 #include <stdint.h>
 

@@ -23,8 +23,8 @@
 #include "grpc/health/v1/health.pb-c.h"
 #include "vitrine/v1/storefront.pb-c.h"
 
-#include "rules.h"
-#include "text.h"
+#include "engine/rules.h"
+#include "engine/text.h"
 #include "wire.h"
 
 #define MAX_ID_BYTES 256 /* shopper, product ids and region */

@@ -9,13 +9,13 @@
  * byte (a NUL becomes \u0000, any other byte is kept as it is) so that vt_request_parse reports a
  * NUL or invalid UTF-8 naming the field. A known field sent with another wire type is refused as
  * malformed (protobuf-c does the same). */
-#ifndef VITRINE_HOST_WIRE_H
-#define VITRINE_HOST_WIRE_H
+#ifndef VITRINE_SERVE_WIRE_H
+#define VITRINE_SERVE_WIRE_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-#include "status.h"
+#include "engine/status.h"
 
 typedef struct vt_wire_limits {
   int max_events;   /* events, and excluded ids, per request (counted before decoding them) */

@@ -1,7 +1,7 @@
 /* Error reporting for the host: functions return 0 or a negative VT_E* code and fill a vt_err with
  * a message that names the file or field and the problem. Nothing on the request path exits. */
-#ifndef VITRINE_HOST_STATUS_H
-#define VITRINE_HOST_STATUS_H
+#ifndef VITRINE_ENGINE_STATUS_H
+#define VITRINE_ENGINE_STATUS_H
 
 #include <stddef.h>
 

@@ -8,13 +8,13 @@
  * engine threads) and hand them to the scheduler. The engine worker that ran a request encodes
  * and sends its answer. Every call's ops and buffers live in its struct until both of its tags
  * (the RECV_CLOSE_ON_SERVER batch and the answering batch) have completed. */
-#ifndef VITRINE_HOST_SERVER_H
-#define VITRINE_HOST_SERVER_H
+#ifndef VITRINE_SERVE_SERVER_H
+#define VITRINE_SERVE_SERVER_H
 
 #include "audit.h"
 #include "metrics.h"
 #include "sched.h"
-#include "status.h"
+#include "engine/status.h"
 
 typedef struct vt_server_opts {
   const char *listen;      /* host:port; port 0: any free port */

@@ -19,14 +19,14 @@
  * out of memory.
  *
  * The same server also carries a small application (vt_httpd_start_app: the review page of
- * host/review.h): GET, HEAD and POST of any path go to its handler; a POST body must come with a
+ * serve/review.h): GET, HEAD and POST of any path go to its handler; a POST body must come with a
  * Content-Length of at most VT_HTTPD_BODY_MAX bytes (411 without one, 413 over it, 501 for a
  * Transfer-Encoding) and arrive within the same VT_HTTPD_REQUEST_MS. The handler runs on the
  * server's one thread: while it works no other connection of that server is served. */
-#ifndef VITRINE_HOST_HTTPD_H
-#define VITRINE_HOST_HTTPD_H
+#ifndef VITRINE_SERVE_HTTPD_H
+#define VITRINE_SERVE_HTTPD_H
 
-#include "status.h"
+#include "engine/status.h"
 
 #define VT_HTTPD_MAX_CONNS 64
 #define VT_HTTPD_HEAD_MAX 8192

@@ -7,8 +7,8 @@
  * Whitespace is what the reference (train/vocab.py) splits on: the characters for which Python's
  * str.isspace() is true, so str.split() and the C tokeniser give the same words (docs/SERVER.md
  * lists them). */
-#ifndef VITRINE_HOST_TEXT_H
-#define VITRINE_HOST_TEXT_H
+#ifndef VITRINE_ENGINE_TEXT_H
+#define VITRINE_ENGINE_TEXT_H
 
 #include <stddef.h>
 #include <stdint.h>

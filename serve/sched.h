@@ -14,17 +14,17 @@
  * worker built for it. Each request is parsed against the generation current when it arrived and
  * runs on that generation's engines (a batch never mixes generations); a generation is freed when
  * its last request and the scheduler have let go of it, so a reload drops no request. */
-#ifndef VITRINE_HOST_SCHED_H
-#define VITRINE_HOST_SCHED_H
+#ifndef VITRINE_SERVE_SCHED_H
+#define VITRINE_SERVE_SCHED_H
 
 #include <stdatomic.h>
 #include <stdint.h>
 
-#include "bundle.h"
-#include "catalog.h"
-#include "engine.h"
+#include "engine/bundle.h"
+#include "engine/catalog.h"
+#include "engine/engine.h"
 #include "metrics.h"
-#include "request.h"
+#include "engine/request.h"
 
 typedef struct vt_gen {
   const vt_bundle *b; /* shared, not owned */

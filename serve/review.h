@@ -1,24 +1,24 @@
 /* The review page of `vitrine serve --review-listen` (docs/SERVER.md "Review page"): a reviewer
- * browses the newest storefronts of the audit log (host/audit.h), each shown as it was answered,
+ * browses the newest storefronts of the audit log (serve/audit.h), each shown as it was answered,
  * theme -> keyword -> product with their scores and the rules that acted on it, and denies a
  * theme, keyword or product with one button; the `deny` line is appended to the catalogue's
  * rules.txt (docs/RULES.md) and the catalogue and rules are reloaded as on SIGHUP.
  *
- * Plain HTML from the server's own small HTTP server (host/httpd.h), on an address of its own so
+ * Plain HTML from the server's own small HTTP server (serve/httpd.h), on an address of its own so
  * that the read-only metrics port never gains a write action; no script, no external asset.
  * Everything taken from the audit log or a request is HTML-escaped; a POST is accepted only with
  * the per-process token that the page embeds in its forms (and, when the browser sends an Origin,
  * only from the page's own origin); a request whose Host is a name other than localhost is refused
  * (DNS rebinding). */
-#ifndef VITRINE_HOST_REVIEW_H
-#define VITRINE_HOST_REVIEW_H
+#ifndef VITRINE_SERVE_REVIEW_H
+#define VITRINE_SERVE_REVIEW_H
 
 #include <stddef.h>
 
-#include "bundle.h"
-#include "catalog.h"
+#include "engine/bundle.h"
+#include "engine/catalog.h"
 #include "sched.h"
-#include "status.h"
+#include "engine/status.h"
 
 struct cJSON;
 
