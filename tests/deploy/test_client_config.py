@@ -171,7 +171,9 @@ def test_drain_moves_calls_to_the_other_server(server_factory):
         except grpc.RpcError as e:
             codes.append(e.code())
     time.sleep(0.2)  # a's last log lines
-    assert len(codes) >= 50 and set(codes) == {grpc.StatusCode.OK}, codes
+    # round robin would pick a for about every other call: 20 calls miss it by chance 2^-20
+    # (a loaded machine answered 42 in the 1.5 s, an idle one 50+)
+    assert len(codes) >= 20 and set(codes) == {grpc.StatusCode.OK}, codes
     to_a = a_answered() - a_before
     assert to_a <= 1, f"the lingering server was still picked for {to_a} of {len(codes)} calls"
     assert b.requests_total("OK") - b_ok == len(codes) - to_a
