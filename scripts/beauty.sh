@@ -1,23 +1,27 @@
 #!/usr/bin/env bash
 # The Amazon Beauty evaluation (`make beauty-eval`), two protocols:
-# 1. leave-one-out: data -> shops and baselines -> teacher and distilled student (+ ablation
-#    students) -> ranker tuning on the validation targets -> bundles and catalogues -> test through
-#    the C engine -> build/beauty/results.json and a table;
+# 1. leave-one-out: data -> shops and baselines -> the student (trained alone, STUDENT_EPOCHS)
+#    and its no-time ablation -> ranker tuning on the validation targets (with the head-only and
+#    no-co-occurrence ablations) and the learned ranker -> bundles and catalogues -> test through
+#    the C engine -> build/beauty/results.json (against the best baseline) and ablations.json;
 # 2. a global time split (train.beauty --split time): shops and baselines re-tuned on the split's
-#    own validation (before the cut-off) -> a student trained alone (--student-only) -> tuning ->
-#    bundle -> test through the C engine -> build/beauty/time/results.json.
+#    own validation (before the cut-off) -> the same students, tuning, ablations and test ->
+#    build/beauty/time/results.json and ablations.json.
 #
 #   scripts/beauty.sh [DATA=../shared/data/amazon-beauty]
 #   CUTOFF=YYYY-MM-DD scripts/beauty.sh   # the time split's cut-off (default: the day that leaves
 #                                         # ~10% of all interactions on or after it: 2014-05-13)
 #   PROTOCOLS=time scripts/beauty.sh      # one protocol only (default "loo time")
+#   STUDENT_EPOCHS=6 ABLATE_DISTILL=1     # each student's epochs; also a teacher and a distilled student
+#   TUNE_USERS=2000                       # validation users that tune each ranker
+#   BEAUTY_OUT=DIR scripts/beauty.sh      # the output folder (default build/beauty)
 #
 # Steps whose output exists are not redone (delete build/beauty to start over). The data folder is
 # optional: where it is absent this says so and exits 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-../shared/data/amazon-beauty}
-OUT=build/beauty
+OUT=${BEAUTY_OUT:-build/beauty}
 PY=/usr/bin/python3
 THREADS=${THREADS:-2}
 PROTOCOLS=${PROTOCOLS:-loo time}
@@ -29,21 +33,65 @@ mkdir -p "$OUT"
 log() { echo "[beauty $(date +%H:%M:%S)] $*" >&2; }
 
 SHAPES='[{"sections": 4, "keywords": 16, "products": 10}, {"sections": 8, "keywords": 16, "products": 10}]'
-system() {  # ROOT NAME CHECKPOINT: ranker weights and page shape on 2,000 validation users, bundle
-  local d="$1/systems/$2" decay
-  decay=$($PY -c "import json; print(json.load(open('$1/baselines.json'))['systems']['cooccurrence']['params']['decay'])")
+# the served student: trained alone (no teacher: distillation bought nothing measurable on this
+# data, bench/RESULTS.md), the retrieval head with a full softmax over every product, for
+# STUDENT_EPOCHS (6: ~11.5 min on the 2-core VM; 27 minutes of 14 epochs were no better served,
+# bench/RESULTS.md), keeping its best state on the latest 5% of the training examples (retrieval
+# head alone, measured every 500 steps, stopped after 4 without a gain)
+STUDENT_EPOCHS=${STUDENT_EPOCHS:-6}
+# validation shoppers (a seeded sample) that tune the ranker's mix and page shape, and train the
+# learned ranker (on the time split, 600 chose 4-section pages that lost to co-occurrence; 2,000
+# chose 8 and tied it: bench/RESULTS.md)
+TUNE_USERS=${TUNE_USERS:-2000}
+student() {  # SHOP-VALID OUT [EXTRA ARGS]: train.train's student alone
+  local shop="$1" out="$2"; shift 2
+  $PY -m train.train --shop "$shop" --out "$out" --threads "$THREADS" --negatives 100000 \
+    --student-only --student-epochs "$STUDENT_EPOCHS" --eval-every 500 --patience 4 --seed 1 "$@"
+}
+
+export_system() {  # ROOT NAME CHECKPOINT RANKER.JSON: the bundle and catalogue of one system
+  local d="$1/systems/$2"
   mkdir -p "$d"
-  if [ ! -f "$d/ranker.json" ]; then
-    log "$2 ($1): tuning the ranker"
-    $PY -m train.tune --checkpoint "$3" --shop "$1/shop-valid.json" --out "$d/ranker.json" \
-      --limit 2000 --shapes "$SHAPES" --rankings score --decay "$decay" --wide-grid \
-      --threads "$THREADS" 2>"$d/tune.log"
-  fi
+  [ -f "$d/ranker.json" ] || cp "$4" "$d/ranker.json"
   if [ ! -f "$d/bundle/manifest.json" ]; then
     log "$2 ($1): bundle and catalogue"
     $PY -m train.export --checkpoint "$3" --shop "$1/shop.json" --bundle "$d/bundle" \
       --catalog "$d/catalog" --ranker "$d/ranker.json" --name "beauty-$2" --force
   fi
+}
+
+system() {  # ROOT NAME CHECKPOINT [ablations]: ranker weights and page shape on TUNE_USERS
+  # validation users, bundle; with "ablations" also NAME-head-only (the retrieval head alone) and
+  # NAME-no-cooc (the mix re-tuned without the co-occurrence feature), tuned in the same pass, and
+  # NAME-learned (train.ranker's learned linear ranker over the same page, from the tuned mix)
+  local t="$1/tuning/$2" decay
+  decay=$($PY -c "import json; print(json.load(open('$1/baselines.json'))['systems']['cooccurrence']['params']['decay'])")
+  mkdir -p "$t"
+  if [ ! -f "$t/ranker.json" ]; then
+    log "$2 ($1): tuning the ranker"
+    $PY -m train.tune --checkpoint "$3" --shop "$1/shop-valid.json" --out "$t/ranker.json" \
+      --limit "$TUNE_USERS" --shapes "$SHAPES" --rankings score --decay "$decay" --wide-grid \
+      --threads "$THREADS" ${4:+--ablations} 2>"$t/tune.log"
+  fi
+  export_system "$1" "$2" "$3" "$t/ranker.json"
+  [ -n "${4:-}" ] || return 0
+  export_system "$1" "$2-head-only" "$3" "$t/ranker-head-only.json"
+  export_system "$1" "$2-no-cooc" "$3" "$t/ranker-no-cooc.json"
+  if [ ! -f "$t/learned.json" ]; then
+    log "$2 ($1): the learned ranker"
+    $PY -m train.ranker --checkpoint "$3" --shop "$1/shop-valid.json" --tuned "$t/ranker.json" \
+      --out "$t/learned.json" --limit "$TUNE_USERS" --hidden 0 --epochs 12 --batched \
+      --threads "$THREADS" 2>"$t/learned.log"
+  fi
+  export_system "$1" "$2-learned" "$3" "$t/learned.json"
+}
+
+ablation_args() {  # ROOT NAME: the --system arguments of a system and its ablations
+  local n
+  for n in "$2" "$2-learned" "$2-head-only" "$2-no-cooc" "$2-notime"; do
+    [ -f "$1/systems/$n/bundle/manifest.json" ] && printf ' --system %s=%s' "$n" "$1/systems/$n"
+  done
+  return 0
 }
 
 loo() {
@@ -54,25 +102,30 @@ loo() {
     $PY -m train.beauty --data "$DATA" --out "$OUT" --shops
   fi
 
-  # 2. teacher and distilled student; ablation students distilled from (or without) the same teacher;
-  #    each keeps its best state on the latest 5% of the training examples (retrieval head alone,
-  #    measured every 250 steps, stopped after 4 without a gain)
-  TRAIN="$PY -m train.train --shop $OUT/shop-valid.json --threads $THREADS --negatives 100000
-    --teacher-epochs 3 --student-epochs 3 --eval-every 250 --patience 4"
-  [ -f "$OUT/models/student.pt" ] || { log "teacher + student"; $TRAIN --out "$OUT/models" 2>"$OUT/train.log"; }
-  [ -f "$OUT/models-nodistill/student.pt" ] || { log "student without distillation";
-    $TRAIN --out "$OUT/models-nodistill" --teacher-from "$OUT/models/teacher.pt" --no-distill \
-      2>"$OUT/train-nodistill.log"; }
+  # 2. the student and its ablation without time features (--no-time: the time encoding's
+  #    projection and the time-bucket biases held at zero); ABLATE_DISTILL=1 also trains a teacher
+  #    (3 epochs) and a student distilled from it for the same epochs
+  [ -f "$OUT/models/student.pt" ] || { log "student"; student "$OUT/shop-valid.json" "$OUT/models" 2>"$OUT/train.log"; }
   [ -f "$OUT/models-notime/student.pt" ] || { log "student without time encoding and bias";
-    $TRAIN --out "$OUT/models-notime" --teacher-from "$OUT/models/teacher.pt" --no-time \
-      2>"$OUT/train-notime.log"; }
+    student "$OUT/shop-valid.json" "$OUT/models-notime" --no-time 2>"$OUT/train-notime.log"; }
+  if [ -n "${ABLATE_DISTILL:-}" ] && [ ! -f "$OUT/models-distill/student.pt" ]; then
+    log "teacher + distilled student"
+    $PY -m train.train --shop "$OUT/shop-valid.json" --out "$OUT/models-distill" --threads "$THREADS" \
+      --negatives 100000 --teacher-epochs 3 --student-epochs "$STUDENT_EPOCHS" --eval-every 500 \
+      --patience 4 --seed 1 2>"$OUT/train-distill.log"
+  fi
 
-  # 3. per system: ranker weights and page shape on 2,000 validation users (a seeded random sample), then the bundle. Pages
-  #    of 16 keywords per section: what a keyword retrieves bounds everything (keyword coverage)
-  system "$OUT" student "$OUT/models/student.pt"
-  system "$OUT" teacher "$OUT/models/teacher.pt"
-  system "$OUT" student-nodistill "$OUT/models-nodistill/student.pt"
+  # 3. per system: ranker weights and page shape on TUNE_USERS validation users (a seeded random
+  #    sample), then the bundle. Pages of 16 keywords per section: what a keyword retrieves bounds
+  #    everything (keyword coverage)
+  system "$OUT" student "$OUT/models/student.pt" ablations
   system "$OUT" student-notime "$OUT/models-notime/student.pt"
+  local distill=()
+  if [ -f "$OUT/models-distill/student.pt" ]; then
+    system "$OUT" student-distill "$OUT/models-distill/student.pt"
+    system "$OUT" teacher "$OUT/models-distill/teacher.pt"
+    distill=(--system student-distill="$OUT/systems/student-distill" --system teacher="$OUT/systems/teacher")
+  fi
 
   # 4. SASRec: epochs by early stopping on the validation targets (patience 3, at most 30), dropout
   #    0.2, maxlen 50 (train.sasrec trains a grid of dropout x maxlen when given several values; one
@@ -80,20 +133,21 @@ loo() {
   [ -f "$OUT/sasrec.json" ] || { log "SASRec"; $PY -m train.sasrec --data "$DATA" --out "$OUT" --dropout 0.2 --epochs 30 \
     --threads "$THREADS" 2>"$OUT/sasrec.log"; }
 
-  # 5. the test, through the C engine
+  # 5. the test, through the C engine: each system against the best baseline
+  #    (results.json), and the ablations against the served student (ablations.json)
   log "test through the C engine"
   $PY -m train.beauty_eval --shop "$OUT/shop.json" --vitrine build/vitrine \
-    --system student="$OUT/systems/student" --system teacher="$OUT/systems/teacher" \
-    --system student-nodistill="$OUT/systems/student-nodistill" \
-    --system student-notime="$OUT/systems/student-notime" \
-    --torch student --torch-limit 300 \
+    $(ablation_args "$OUT" student) "${distill[@]}" --torch student --torch-limit 300 \
     --baselines "$OUT/baselines.json" --sasrec "$OUT/sasrec.json" --out "$OUT/results.json"
+  $PY -m train.ranker evaluate --shop "$OUT/shop.json" --vitrine build/vitrine \
+    $(ablation_args "$OUT" student) "${distill[@]}" --baselines "$OUT/baselines.json" \
+    --beauty-data "$DATA" --out "$OUT/ablations.json"
 }
 
 # The time split: every step before the cut-off (tuning on a second, earlier cut-off's targets);
 # each shopper's first item after the cut-off is the target; cold-start targets are misses,
-# reported apart. One system (a student trained alone: the leave-one-out ablations found no gain
-# from distillation), the baselines re-tuned on this split's validation; SASRec is not re-run here.
+# reported apart. The same student recipe and ablations (without the distilled one), the baselines
+# re-tuned on this split's validation; SASRec is not re-run here.
 time_split() {
   local T="$OUT/time"
   mkdir -p "$T"
@@ -101,13 +155,16 @@ time_split() {
     log "time split: shops and baselines"
     $PY -m train.beauty --data "$DATA" --out "$T" --shops --split time ${CUTOFF:+--cutoff "$CUTOFF"}
   fi
-  [ -f "$T/models/student.pt" ] || { log "time split: student (alone)"; $PY -m train.train \
-    --shop "$T/shop-valid.json" --threads "$THREADS" --negatives 100000 --student-only \
-    --student-epochs 3 --eval-every 250 --patience 4 --out "$T/models" 2>"$T/train.log"; }
-  system "$T" student "$T/models/student.pt"
+  [ -f "$T/models/student.pt" ] || { log "time split: student"; student "$T/shop-valid.json" "$T/models" 2>"$T/train.log"; }
+  [ -f "$T/models-notime/student.pt" ] || { log "time split: student without time features";
+    student "$T/shop-valid.json" "$T/models-notime" --no-time 2>"$T/train-notime.log"; }
+  system "$T" student "$T/models/student.pt" ablations
+  system "$T" student-notime "$T/models-notime/student.pt"
   log "time split: test through the C engine"
   $PY -m train.beauty_eval --shop "$T/shop.json" --vitrine build/vitrine \
-    --system student="$T/systems/student" --baselines "$T/baselines.json" --out "$T/results.json"
+    $(ablation_args "$T" student) --baselines "$T/baselines.json" --out "$T/results.json"
+  $PY -m train.ranker evaluate --shop "$T/shop.json" --vitrine build/vitrine \
+    $(ablation_args "$T" student) --baselines "$T/baselines.json" --out "$T/ablations.json"
 }
 
 make -s build >/dev/null
