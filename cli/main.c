@@ -16,8 +16,8 @@
 #include "engine/engine.h"
 #include "engine/request.h"
 #include "engine/rules.h"
-#include "serve/serve.h"
 #include "engine/text.h"
+#include "serve/serve.h"
 
 #include <cjson/cJSON.h>
 
