@@ -490,10 +490,14 @@ def test_a_call_the_queue_cannot_serve_in_time_is_refused_at_once(server_factory
 # ---- found by the 5x overload: refusals must cost less than requests, so admission comes before
 # the request is decoded (only its priority is read) ----
 def test_admission_before_decoding(server_factory, base):
+    # the first call must be computing before the two queued ones arrive (or the queue is full
+    # one call early), and batches of 1 s keep it full until the bad call arrives on a loaded
+    # machine (the same race failed test_max_queue_ms_bounds_the_backlog on CI)
     srv = server_factory("--max-batch", "1", "--max-queue-delay-us", "0",
-                         "--compute-delay-us", "300000", "--queue-capacity", "2")
+                         "--compute-delay-us", "1000000", "--queue-capacity", "2")
     running = srv.recommend.future(base, timeout=30)
-    wait_metrics(srv, lambda m: metric_value(m, "vitrine_inflight_requests") == 1, 5)
+    wait_metrics(srv, lambda m: metric_value(m, "vitrine_inflight_requests") == 1 and
+                 metric_value(m, "vitrine_queue_depth") == 0, 5)  # computing, not queued
     queued = [srv.recommend.future(base, timeout=30) for _ in range(2)]
     wait_metrics(srv, lambda m: metric_value(m, "vitrine_queue_depth") == 2, 5)
     bad = pb.RecommendRequest()
@@ -530,19 +534,25 @@ def test_a_high_priority_call_is_admitted_past_normal_work(server_factory, base)
 # ---- found by the 5x overload: a backlog as long as the deadline takes seconds to drain after
 # the overload ends; --max-queue-ms bounds it, for calls with or without a deadline ----
 def test_max_queue_ms_bounds_the_backlog(server_factory, base):
-    # batches of 500 ms: the running one must not end between the depth being seen and the next
-    # call arriving, even on a loaded CI machine (with 200 ms it once did)
+    # --max-queue-ms itself keeps the queue at 2 (a third would wait 2 s): the first call must be
+    # running before the two queued ones arrive (CI once sent all three while the first was still
+    # queued, so the third was refused, and the probe below then found an empty queue). Batches
+    # of 1 s: the running one must not end between the depth being seen and the probe arriving.
     srv = server_factory("--max-batch", "1", "--max-queue-delay-us", "0",
-                         "--compute-delay-us", "500000", "--max-queue-ms", "700")
+                         "--compute-delay-us", "1000000", "--max-queue-ms", "1500")
     assert srv.recommend(base, timeout=10).sections  # times one batch
-    queued = [srv.recommend.future(base) for _ in range(3)]  # no deadline
-    wait_metrics(srv, lambda m: metric_value(m, "vitrine_queue_depth") == 2, 5)
+    running = srv.recommend.future(base)
+    wait_metrics(srv, lambda m: metric_value(m, "vitrine_inflight_requests") == 1 and
+                 metric_value(m, "vitrine_queue_depth") == 0, 5)  # computing, not queued
+    queued = [running] + [srv.recommend.future(base) for _ in range(2)]  # no deadline
+    m = wait_metrics(srv, lambda m: metric_value(m, "vitrine_queue_depth") == 2, 5)
+    assert metric_value(m, "vitrine_queue_depth") == 2
     t0 = time.monotonic()
     with pytest.raises(grpc.RpcError) as e:
-        srv.recommend(base)  # 2 x 500 ms ahead, no deadline
-    assert time.monotonic() - t0 < 0.15
+        srv.recommend(base)  # 2 x 1 s ahead, no deadline
+    assert time.monotonic() - t0 < 0.5  # refused at once, not after a batch
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE, e.value.details()
     assert re.search(r"overloaded: the 2 requests queued ahead would keep this one waiting about "
-                     r"\d+ ms, more than --max-queue-ms 700", e.value.details()), e.value.details()
+                     r"\d+ ms, more than --max-queue-ms 1500", e.value.details()), e.value.details()
     assert all(f.result().sections for f in queued)
     assert srv.recommend(base).sections  # an empty queue admits again
