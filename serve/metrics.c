@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "httpd.h"
+#include "strbuf.h"
 
 #define N_CODES 17
 #define VT_METRICS_MAX_WORKERS 64
@@ -172,39 +173,6 @@ void vt_metrics_audit(vt_metrics *m, long written, long ring_full, long too_larg
 }
 
 /* ---- rendering ---- */
-typedef struct sbuf {
-  char *p;
-  size_t n, cap;
-  int oom;
-} sbuf;
-
-__attribute__((format(printf, 2, 3))) static void sb_printf(sbuf *b, const char *fmt, ...) {
-  if (b->oom)
-    return;
-  for (;;) {
-    va_list ap;
-    va_start(ap, fmt);
-    int k = vsnprintf(b->p + b->n, b->cap - b->n, fmt, ap);
-    va_end(ap);
-    if (k < 0) {
-      b->oom = 1;
-      return;
-    }
-    if ((size_t)k < b->cap - b->n) {
-      b->n += (size_t)k;
-      return;
-    }
-    size_t cap = (b->cap + (size_t)k + 1) * 2;
-    char *np = realloc(b->p, cap);
-    if (!np) {
-      b->oom = 1;
-      return;
-    }
-    b->p = np;
-    b->cap = cap;
-  }
-}
-
 /* A label value with \, " and newline escaped, as the text format requires. */
 static void label_escape(char *out, size_t cap, const char *s) {
   size_t n = 0;
@@ -222,32 +190,29 @@ static void label_escape(char *out, size_t cap, const char *s) {
   out[n] = 0;
 }
 
-static void render_hist(sbuf *b, const char *name, const char *help, const hist *h) {
-  sb_printf(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+static void render_hist(vt_strbuf *b, const char *name, const char *help, const hist *h) {
+  vt_strbuf_printf(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
   long cum = 0;
   for (int i = 0; i < h->n; i++) {
     cum += h->counts[i];
-    sb_printf(b, "%s_bucket{le=\"%g\"} %ld\n", name, h->bounds[i], cum);
+    vt_strbuf_printf(b, "%s_bucket{le=\"%g\"} %ld\n", name, h->bounds[i], cum);
   }
   cum += h->counts[h->n];
-  sb_printf(b, "%s_bucket{le=\"+Inf\"} %ld\n%s_sum %.9g\n%s_count %ld\n", name, cum, name, h->sum,
-            name, h->count);
+  vt_strbuf_printf(b, "%s_bucket{le=\"+Inf\"} %ld\n%s_sum %.9g\n%s_count %ld\n", name, cum, name,
+                   h->sum, name, h->count);
 }
 
 char *vt_metrics_render(vt_metrics *m) {
-  sbuf b = {.cap = 8192};
-  b.p = malloc(b.cap);
-  if (!b.p)
-    return NULL;
-  b.p[0] = 0;
+  vt_strbuf b = {0};
   pthread_mutex_lock(&m->mu);
-  sb_printf(&b, "# HELP vitrine_requests_total Finished gRPC calls by method and status code.\n"
-                "# TYPE vitrine_requests_total counter\n");
+  vt_strbuf_printf(&b,
+                   "# HELP vitrine_requests_total Finished gRPC calls by method and status code.\n"
+                   "# TYPE vitrine_requests_total counter\n");
   for (int i = 0; i < VT_M_COUNT; i++)
     for (int c = 0; c < N_CODES; c++)
       if (m->requests[i][c] || (i == VT_M_RECOMMEND && c == 0))
-        sb_printf(&b, "vitrine_requests_total{method=\"%s\",code=\"%s\"} %ld\n", METHOD_NAMES[i],
-                  CODE_NAMES[c], m->requests[i][c]);
+        vt_strbuf_printf(&b, "vitrine_requests_total{method=\"%s\",code=\"%s\"} %ld\n",
+                         METHOD_NAMES[i], CODE_NAMES[c], m->requests[i][c]);
   render_hist(&b, "vitrine_queue_duration_seconds",
               "Time a Recommend waited from acceptance to the start of its batch.", &m->queue);
   render_hist(&b, "vitrine_compute_duration_seconds",
@@ -255,53 +220,56 @@ char *vt_metrics_render(vt_metrics *m) {
   render_hist(&b, "vitrine_request_duration_seconds",
               "Time from a Recommend's arrival to its answer being encoded.", &m->total);
   render_hist(&b, "vitrine_batch_size", "Requests per engine batch.", &m->batch);
-  sb_printf(&b,
-            "# HELP vitrine_queue_depth Requests waiting in the scheduler's queue.\n"
-            "# TYPE vitrine_queue_depth gauge\nvitrine_queue_depth %ld\n"
-            "# HELP vitrine_inflight_requests Recommend calls accepted and not yet answered.\n"
-            "# TYPE vitrine_inflight_requests gauge\nvitrine_inflight_requests %ld\n"
-            "# HELP vitrine_serving 1 when health reports SERVING.\n"
-            "# TYPE vitrine_serving gauge\nvitrine_serving %d\n"
-            "# HELP vitrine_catalog_reloads_total Catalogue reloads by result.\n"
-            "# TYPE vitrine_catalog_reloads_total counter\n"
-            "vitrine_catalog_reloads_total{result=\"ok\"} %ld\n"
-            "vitrine_catalog_reloads_total{result=\"failed\"} %ld\n"
-            "# HELP vitrine_tls_handshakes_refused_total TLS handshakes the gRPC port refused.\n"
-            "# TYPE vitrine_tls_handshakes_refused_total counter\n"
-            "vitrine_tls_handshakes_refused_total %ld\n",
-            m->queue_depth, m->inflight, m->serving, m->reloads_ok, m->reloads_failed,
-            m->tls_refused);
-  sb_printf(&b,
-            "# HELP vitrine_audit_records_written_total Audit log records written "
-            "(--audit-log).\n"
-            "# TYPE vitrine_audit_records_written_total counter\n"
-            "vitrine_audit_records_written_total %ld\n"
-            "# HELP vitrine_audit_records_dropped_total Sampled audit records not written: the "
-            "ring was full (the writer fell behind), or one record was larger than "
-            "--audit-max-bytes.\n"
-            "# TYPE vitrine_audit_records_dropped_total counter\n"
-            "vitrine_audit_records_dropped_total{reason=\"ring_full\"} %ld\n"
-            "vitrine_audit_records_dropped_total{reason=\"too_large\"} %ld\n"
-            "# HELP vitrine_audit_write_errors_total Audit records lost to a failed open, write "
-            "or rotation.\n"
-            "# TYPE vitrine_audit_write_errors_total counter\n"
-            "vitrine_audit_write_errors_total %ld\n",
-            m->audit_written, m->audit_ring_full, m->audit_too_large, m->audit_errors);
-  sb_printf(&b, "# HELP vitrine_worker_batches_total Batches run by each engine worker.\n"
-                "# TYPE vitrine_worker_batches_total counter\n");
+  vt_strbuf_printf(
+      &b,
+      "# HELP vitrine_queue_depth Requests waiting in the scheduler's queue.\n"
+      "# TYPE vitrine_queue_depth gauge\nvitrine_queue_depth %ld\n"
+      "# HELP vitrine_inflight_requests Recommend calls accepted and not yet answered.\n"
+      "# TYPE vitrine_inflight_requests gauge\nvitrine_inflight_requests %ld\n"
+      "# HELP vitrine_serving 1 when health reports SERVING.\n"
+      "# TYPE vitrine_serving gauge\nvitrine_serving %d\n"
+      "# HELP vitrine_catalog_reloads_total Catalogue reloads by result.\n"
+      "# TYPE vitrine_catalog_reloads_total counter\n"
+      "vitrine_catalog_reloads_total{result=\"ok\"} %ld\n"
+      "vitrine_catalog_reloads_total{result=\"failed\"} %ld\n"
+      "# HELP vitrine_tls_handshakes_refused_total TLS handshakes the gRPC port refused.\n"
+      "# TYPE vitrine_tls_handshakes_refused_total counter\n"
+      "vitrine_tls_handshakes_refused_total %ld\n",
+      m->queue_depth, m->inflight, m->serving, m->reloads_ok, m->reloads_failed, m->tls_refused);
+  vt_strbuf_printf(
+      &b,
+      "# HELP vitrine_audit_records_written_total Audit log records written "
+      "(--audit-log).\n"
+      "# TYPE vitrine_audit_records_written_total counter\n"
+      "vitrine_audit_records_written_total %ld\n"
+      "# HELP vitrine_audit_records_dropped_total Sampled audit records not written: the "
+      "ring was full (the writer fell behind), or one record was larger than "
+      "--audit-max-bytes.\n"
+      "# TYPE vitrine_audit_records_dropped_total counter\n"
+      "vitrine_audit_records_dropped_total{reason=\"ring_full\"} %ld\n"
+      "vitrine_audit_records_dropped_total{reason=\"too_large\"} %ld\n"
+      "# HELP vitrine_audit_write_errors_total Audit records lost to a failed open, write "
+      "or rotation.\n"
+      "# TYPE vitrine_audit_write_errors_total counter\n"
+      "vitrine_audit_write_errors_total %ld\n",
+      m->audit_written, m->audit_ring_full, m->audit_too_large, m->audit_errors);
+  vt_strbuf_printf(&b, "# HELP vitrine_worker_batches_total Batches run by each engine worker.\n"
+                       "# TYPE vitrine_worker_batches_total counter\n");
   for (int w = 0; w < m->n_workers; w++)
-    sb_printf(&b, "vitrine_worker_batches_total{worker=\"%d\"} %ld\n", w, m->worker_batches[w]);
+    vt_strbuf_printf(&b, "vitrine_worker_batches_total{worker=\"%d\"} %ld\n", w,
+                     m->worker_batches[w]);
   char model[300], catalog[300], rules[300];
   label_escape(model, sizeof model, m->model);
   label_escape(catalog, sizeof catalog, m->catalog);
   label_escape(rules, sizeof rules, m->rules);
-  sb_printf(&b,
-            "# HELP vitrine_model_info The loaded model, catalogue and rules versions (value 1; "
-            "rules_version empty without a rules file).\n"
-            "# TYPE vitrine_model_info gauge\n"
-            "vitrine_model_info{model_version=\"%s\",catalog_version=\"%s\","
-            "rules_version=\"%s\"} 1\n",
-            model, catalog, rules);
+  vt_strbuf_printf(
+      &b,
+      "# HELP vitrine_model_info The loaded model, catalogue and rules versions (value 1; "
+      "rules_version empty without a rules file).\n"
+      "# TYPE vitrine_model_info gauge\n"
+      "vitrine_model_info{model_version=\"%s\",catalog_version=\"%s\","
+      "rules_version=\"%s\"} 1\n",
+      model, catalog, rules);
   pthread_mutex_unlock(&m->mu);
   if (b.oom) {
     free(b.p);

@@ -9,68 +9,32 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "pbwire.h"
 #include "engine/text.h"
+#include "pbwire.h"
+#include "strbuf.h"
 
 static const char *const ACTION_NAMES[] = {NULL, "view", "search", "cart", "purchase"};
 
-/* ---- a growable text buffer ---- */
-typedef struct buf {
-  char *p;
-  size_t n, cap;
-  int oom;
-} buf;
-
-static void put(buf *b, const char *s, size_t n) {
-  if (b->oom)
-    return;
-  if (b->n + n + 1 > b->cap) {
-    size_t cap = b->cap ? b->cap : 256;
-    while (b->n + n + 1 > cap)
-      cap *= 2;
-    char *np = realloc(b->p, cap);
-    if (!np) {
-      b->oom = 1;
-      return;
-    }
-    b->p = np;
-    b->cap = cap;
-  }
-  memcpy(b->p + b->n, s, n);
-  b->n += n;
-  b->p[b->n] = 0;
-}
-
-__attribute__((format(printf, 2, 3))) static void putf(buf *b, const char *fmt, ...) {
-  char tmp[64];
-  va_list ap;
-  va_start(ap, fmt);
-  int k = vsnprintf(tmp, sizeof tmp, fmt, ap);
-  va_end(ap);
-  if (k > 0)
-    put(b, tmp, (size_t)k < sizeof tmp ? (size_t)k : sizeof tmp - 1);
-}
-
 /* A JSON string of exactly these bytes: quote, backslash and control characters escaped (a NUL
  * as \u0000), every other byte as it is, so vt_request_parse sees what the client sent. */
-static void put_string(buf *b, const uint8_t *s, size_t n) {
-  put(b, "\"", 1);
+static void put_string(vt_strbuf *b, const uint8_t *s, size_t n) {
+  vt_strbuf_put(b, "\"", 1);
   size_t run = 0;
   for (size_t i = 0; i < n; i++) {
     uint8_t c = s[i];
     if (c >= 0x20 && c != '"' && c != '\\')
       continue;
-    put(b, (const char *)s + run, i - run);
+    vt_strbuf_put(b, (const char *)s + run, i - run);
     if (c == '"' || c == '\\') {
       char e[2] = {'\\', (char)c};
-      put(b, e, 2);
+      vt_strbuf_put(b, e, 2);
     } else {
-      putf(b, "\\u%04x", c);
+      vt_strbuf_printf(b, "\\u%04x", c);
     }
     run = i + 1;
   }
-  put(b, (const char *)s + run, n - run);
-  put(b, "\"", 1);
+  vt_strbuf_put(b, (const char *)s + run, n - run);
+  vt_strbuf_put(b, "\"", 1);
 }
 
 /* ---- decoding ---- */
@@ -211,33 +175,33 @@ int vt_wire_recommend(vt_wire_request *out, const uint8_t *p, size_t n,
   out->priority = prio;
 
   /* pass 2: the JSON form; proto3's unset (zero, empty) values are left out */
-  buf b = {0};
-  put(&b, "{", 1);
+  vt_strbuf b = {0};
+  vt_strbuf_put(&b, "{", 1);
   int first = 1;
-#define SEP()                                                                                     \
-  do {                                                                                            \
-    if (!first)                                                                                   \
-      put(&b, ",", 1);                                                                            \
-    first = 0;                                                                                    \
+#define SEP()                                                                                      \
+  do {                                                                                             \
+    if (!first)                                                                                    \
+      vt_strbuf_put(&b, ",", 1);                                                                   \
+    first = 0;                                                                                     \
   } while (0)
   if (num[2]) {
     SEP();
-    putf(&b, "\"now\":%" PRId64, (int64_t)num[2]);
+    vt_strbuf_printf(&b, "\"now\":%" PRId64, (int64_t)num[2]);
   }
   for (int k = 3; k <= 4; k++)
     if (s[k].n) {
       SEP();
-      putf(&b, "\"%s\":", NAMES[k]);
+      vt_strbuf_printf(&b, "\"%s\":", NAMES[k]);
       put_string(&b, s[k].p, s[k].n);
     }
   for (int k = 5; k <= 7; k++)
     if ((int32_t)(uint32_t)num[k]) {
       SEP();
-      putf(&b, "\"%s\":%" PRId32, NAMES[k], (int32_t)(uint32_t)num[k]);
+      vt_strbuf_printf(&b, "\"%s\":%" PRId32, NAMES[k], (int32_t)(uint32_t)num[k]);
     }
   if (has[1]) {
     SEP();
-    put(&b, "\"events\":[", 10);
+    vt_strbuf_put(&b, "\"events\":[", 10);
   }
   size_t ev = 0, ex = 0;
   i = 0;
@@ -251,35 +215,35 @@ int vt_wire_recommend(vt_wire_request *out, const uint8_t *p, size_t n,
       return vt_fail(err, VT_EINVAL, "events[%zu].item is %zu bytes, more than %d", ev, e.item.n,
                      lim->max_id_bytes);
     }
-    put(&b, ev ? ",{" : "{", ev ? 2 : 1);
+    vt_strbuf_put(&b, ev ? ",{" : "{", ev ? 2 : 1);
     int efirst = 1;
     int32_t a = (int32_t)(uint32_t)e.action;
     if (a >= 1 && a <= 4)
-      putf(&b, "\"action\":\"%s\"", ACTION_NAMES[a]);
+      vt_strbuf_printf(&b, "\"action\":\"%s\"", ACTION_NAMES[a]);
     else if (a != 0) /* not an action: refused by vt_request_parse, naming the event */
-      putf(&b, "\"action\":%" PRId32, a);
+      vt_strbuf_printf(&b, "\"action\":%" PRId32, a);
     efirst = a == 0;
     if (e.ts) {
-      putf(&b, "%s\"ts\":%" PRId64, efirst ? "" : ",", (int64_t)e.ts);
+      vt_strbuf_printf(&b, "%s\"ts\":%" PRId64, efirst ? "" : ",", (int64_t)e.ts);
       efirst = 0;
     }
     if (e.item.n) {
-      put(&b, efirst ? "\"item\":" : ",\"item\":", efirst ? 7 : 8);
+      vt_strbuf_put(&b, efirst ? "\"item\":" : ",\"item\":", efirst ? 7 : 8);
       put_string(&b, e.item.p, e.item.n);
       efirst = 0;
     }
     if (e.query.n) {
-      put(&b, efirst ? "\"query\":" : ",\"query\":", efirst ? 8 : 9);
+      vt_strbuf_put(&b, efirst ? "\"query\":" : ",\"query\":", efirst ? 8 : 9);
       put_string(&b, e.query.p, e.query.n);
     }
-    put(&b, "}", 1);
+    vt_strbuf_put(&b, "}", 1);
     ev++;
   }
   if (has[1])
-    put(&b, "]", 1);
+    vt_strbuf_put(&b, "]", 1);
   if (has[8]) {
     SEP();
-    put(&b, "\"exclude\":[", 11);
+    vt_strbuf_put(&b, "\"exclude\":[", 11);
     i = 0;
     while (vt_pb_read(p, n, &i, &f, NULL) == 1 && !b.oom) {
       if (f.number != 8)
@@ -290,13 +254,13 @@ int vt_wire_recommend(vt_wire_request *out, const uint8_t *p, size_t n,
                        lim->max_id_bytes);
       }
       if (ex++)
-        put(&b, ",", 1);
+        vt_strbuf_put(&b, ",", 1);
       put_string(&b, f.data, f.len);
     }
-    put(&b, "]", 1);
+    vt_strbuf_put(&b, "]", 1);
   }
 #undef SEP
-  put(&b, "}", 1);
+  vt_strbuf_put(&b, "}", 1);
   if (b.oom) {
     free(b.p);
     return vt_fail(err, VT_ENOMEM, "out of memory for a %zu-byte request", n);
