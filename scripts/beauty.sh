@@ -12,7 +12,9 @@
 #   CUTOFF=YYYY-MM-DD scripts/beauty.sh   # the time split's cut-off (default: the day that leaves
 #                                         # ~10% of all interactions on or after it: 2014-05-13)
 #   PROTOCOLS=time scripts/beauty.sh      # one protocol only (default "loo time")
-#   STUDENT_EPOCHS=6 ABLATE_DISTILL=1     # each student's epochs; also a teacher and a distilled student
+#   STUDENT_EPOCHS=6 ABLATE_DISTILL=1     # each student's epochs; also a teacher and a distilled
+#                                         # student (both protocols; the teacher served on
+#                                         # leave-one-out only)
 #   TUNE_USERS=2000                       # validation users that tune each ranker
 #   BEAUTY_OUT=DIR scripts/beauty.sh      # the output folder (default build/beauty)
 #
@@ -86,6 +88,16 @@ system() {  # ROOT NAME CHECKPOINT [ablations]: ranker weights and page shape on
   export_system "$1" "$2-learned" "$3" "$t/learned.json"
 }
 
+distill() {  # ROOT: with ABLATE_DISTILL=1, a teacher (3 epochs) and a student distilled from it
+  # for STUDENT_EPOCHS, the served student's other settings
+  if [ -n "${ABLATE_DISTILL:-}" ] && [ ! -f "$1/models-distill/student.pt" ]; then
+    log "teacher + distilled student ($1)"
+    $PY -m train.train --shop "$1/shop-valid.json" --out "$1/models-distill" --threads "$THREADS" \
+      --negatives 100000 --teacher-epochs 3 --student-epochs "$STUDENT_EPOCHS" --eval-every 500 \
+      --patience 4 --seed 1 2>"$1/train-distill.log"
+  fi
+}
+
 ablation_args() {  # ROOT NAME: the --system arguments of a system and its ablations
   local n
   for n in "$2" "$2-learned" "$2-head-only" "$2-no-cooc" "$2-notime"; do
@@ -108,12 +120,7 @@ loo() {
   [ -f "$OUT/models/student.pt" ] || { log "student"; student "$OUT/shop-valid.json" "$OUT/models" 2>"$OUT/train.log"; }
   [ -f "$OUT/models-notime/student.pt" ] || { log "student without time encoding and bias";
     student "$OUT/shop-valid.json" "$OUT/models-notime" --no-time 2>"$OUT/train-notime.log"; }
-  if [ -n "${ABLATE_DISTILL:-}" ] && [ ! -f "$OUT/models-distill/student.pt" ]; then
-    log "teacher + distilled student"
-    $PY -m train.train --shop "$OUT/shop-valid.json" --out "$OUT/models-distill" --threads "$THREADS" \
-      --negatives 100000 --teacher-epochs 3 --student-epochs "$STUDENT_EPOCHS" --eval-every 500 \
-      --patience 4 --seed 1 2>"$OUT/train-distill.log"
-  fi
+  distill "$OUT"
 
   # 3. per system: ranker weights and page shape on TUNE_USERS validation users (a seeded random
   #    sample), then the bundle. Pages of 16 keywords per section: what a keyword retrieves bounds
@@ -146,8 +153,9 @@ loo() {
 
 # The time split: every step before the cut-off (tuning on a second, earlier cut-off's targets);
 # each shopper's first item after the cut-off is the target; cold-start targets are misses,
-# reported apart. The same student recipe and ablations (without the distilled one), the baselines
-# re-tuned on this split's validation; SASRec is not re-run here.
+# reported apart. The same student recipe and ablations (with ABLATE_DISTILL=1 the distilled
+# student, not its teacher), the baselines re-tuned on this split's validation; SASRec is not
+# re-run here.
 time_split() {
   local T="$OUT/time"
   mkdir -p "$T"
@@ -160,11 +168,19 @@ time_split() {
     student "$T/shop-valid.json" "$T/models-notime" --no-time 2>"$T/train-notime.log"; }
   system "$T" student "$T/models/student.pt" ablations
   system "$T" student-notime "$T/models-notime/student.pt"
+  distill "$T"
+  local distill=()
+  if [ -f "$T/models-distill/student.pt" ]; then
+    system "$T" student-distill "$T/models-distill/student.pt"
+    distill=(--system student-distill="$T/systems/student-distill")
+  fi
   log "time split: test through the C engine"
   $PY -m train.beauty_eval --shop "$T/shop.json" --vitrine build/vitrine \
-    $(ablation_args "$T" student) --baselines "$T/baselines.json" --out "$T/results.json"
+    $(ablation_args "$T" student) "${distill[@]}" --baselines "$T/baselines.json" \
+    --out "$T/results.json"
   $PY -m train.ranker evaluate --shop "$T/shop.json" --vitrine build/vitrine \
-    $(ablation_args "$T" student) --baselines "$T/baselines.json" --out "$T/ablations.json"
+    $(ablation_args "$T" student) "${distill[@]}" --baselines "$T/baselines.json" \
+    --out "$T/ablations.json"
 }
 
 make -s build >/dev/null
