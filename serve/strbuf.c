@@ -39,14 +39,22 @@ void vt_strbuf_put(vt_strbuf *b, const char *s, size_t n) {
 }
 
 void vt_strbuf_printf(vt_strbuf *b, const char *fmt, ...) {
+  if (b->oom)
+    return;
   va_list ap;
-  va_start(ap, fmt);
-  int k = vsnprintf(NULL, 0, fmt, ap); /* its length first: one pass when it fits */
+  va_start(ap, fmt); /* into the room left: one pass when it fits */
+  int k = vsnprintf(b->p ? b->p + b->n : NULL, b->p ? b->cap - b->n : 0, fmt, ap);
   va_end(ap);
   if (k < 0) {
     b->oom = 1;
     return;
   }
+  if (b->p && (size_t)k < b->cap - b->n) {
+    b->n += (size_t)k;
+    return;
+  }
+  if (b->p)
+    b->p[b->n] = 0; /* the cut text is not the buffer's */
   if (!reserve(b, (size_t)k))
     return;
   va_start(ap, fmt);

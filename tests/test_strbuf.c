@@ -51,6 +51,15 @@ Test(strbuf, formatted_text_longer_than_the_buffer) {
   cr_assert_str_eq(b.p + b.n - 4, "]-42");
   vt_strbuf_printf(&b, "\\u%04x", 0x1f); /* the wire's control-character escape */
   cr_assert_str_eq(b.p + b.n - 6, "\\u001f");
+  size_t cap = b.cap;
+  while (b.cap - b.n > 8) /* fill to the edge: a text that fits exactly, then one that does not */
+    vt_strbuf_printf(&b, "%c", 'b');
+  vt_strbuf_printf(&b, "%s", "1234567");
+  cr_assert_eq(b.cap, cap, "7 bytes and the NUL fitted in the 8 left");
+  vt_strbuf_printf(&b, "%s", "x");
+  cr_assert_gt(b.cap, cap);
+  cr_assert_str_eq(b.p + b.n - 9, "b1234567x");
+  cr_assert_eq(strlen(b.p), b.n);
   free(b.p);
 }
 
