@@ -139,9 +139,13 @@ def tune_mix(data, shape, decay, grid):
 
 
 class Net(torch.nn.Module):
-    def __init__(self, hidden):
+    """keep: a 0/1 mask over RANKER_FEATURES (None: all); a dropped feature never reaches the
+    net, and its exported weights are exactly 0, so the engine's raw value of it is ignored."""
+
+    def __init__(self, hidden, keep=None):
         super().__init__()
         self.hidden = hidden
+        self.keep = torch.ones(F) if keep is None else torch.as_tensor(keep, dtype=torch.float32)
         if hidden:
             self.l1 = torch.nn.Linear(F, hidden)
             self.l2 = torch.nn.Linear(hidden, 1)
@@ -149,6 +153,7 @@ class Net(torch.nn.Module):
             self.l2 = torch.nn.Linear(F, 1)
 
     def forward(self, x):
+        x = x * self.keep
         if self.hidden:
             x = torch.relu(self.l1(x))
         return self.l2(x).squeeze(-1)
@@ -158,7 +163,7 @@ class Net(torch.nn.Module):
         into the first layer (w' = w / std, b' = b - w' . mean)."""
         mean, std = mean.astype(np.float64), std.astype(np.float64)
         first = self.l1 if self.hidden else self.l2
-        w = first.weight.detach().double().numpy() / std
+        w = first.weight.detach().double().numpy() * self.keep.double().numpy() / std
         b = first.bias.detach().double().numpy() - w @ mean
         d = placeholder(decay, float(np.float32(cooc_half)))
         f32 = lambda a: [float(np.float32(v)) for v in np.ravel(a)]  # noqa: E731
@@ -197,19 +202,21 @@ def segment_logsumexp(s, seg, n):
 
 
 def train_one(hidden, train_t, valid, mean, std, cooc_half, decay, shape, epochs, lr, log,
-              mix=None, seed=0):
+              mix=None, seed=0, keep=None):
     """-> ((recall, ndcg), exported ranker, epoch) of the best epoch on the held-out shoppers.
     mix (linear only): start from the weights' mix (epoch -1 is the mix itself, exactly: its
     terms in its order, the others weighted 0), so training departs from it only where the
     held-out shoppers say it gains."""
     torch.manual_seed(seed)
     X, pos, seg, n_users = train_t
-    net = Net(hidden)
+    net = Net(hidden, keep)
     if mix is not None and not hidden:
         w = np.zeros(F)
         for name, key in (("dot", None), ("again", "again"), ("cooc", "cooc"),
                           ("log_pop", "popularity")):
             w[RANKER_FEATURES.index(name)] = 1.0 if key is None else float(mix[key])
+        if keep is not None:
+            w = w * np.asarray(keep, np.float64)
         with torch.no_grad():  # standardised: w_std = w std, b_std = w . mean (b folds to 0)
             net.l2.weight.copy_(torch.as_tensor(w * std).view(1, F))
             net.l2.bias.fill_(float(w @ mean.astype(np.float64)))
@@ -251,6 +258,17 @@ def train_one(hidden, train_t, valid, mean, std, cooc_half, decay, shape, epochs
     return best
 
 
+def mix_weighs_dropped(mix, drop, where, log):
+    """True (and says so) when the weights' mix, the linear ranker's start and comparison, uses a
+    feature --drop takes away: the ablation needs the mix tuned without it."""
+    terms = {"dot": 1.0, "again": mix["again"], "cooc": mix["cooc"], "log_pop": mix["popularity"]}
+    used = [f for f in drop if terms.get(f, 0.0)]
+    if used:
+        log("train.ranker: --drop: the tuned mix (%s) weighs %s; give it a mix tuned without %s"
+            % (where, ", ".join(used), "them" if len(used) > 1 else "it"))
+    return bool(used)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--checkpoint", required=True)
@@ -266,19 +284,34 @@ def main(argv=None):
     ap.add_argument("--batched", action="store_true", help="decode with the batched cascade "
                     "(train/cascade_batched.py: faster; the same candidates, scores to float "
                     "rounding)")
-    ap.add_argument("--cache", help="keep the collected features here (.npz) and reuse them")
+    ap.add_argument("--cache", help="keep the collected features here (.npz) and reuse them "
+                    "(for the same checkpoint, shop, page, decay and --limit)")
     ap.add_argument("--tune-mix", metavar="OUT", help="also tune the weights' mix on the same "
                     "shoppers (train.tune's grid and rule, --tuned's decay and page) and write "
                     "its ranker.json here; it is then the comparison")
     ap.add_argument("--wide-grid", action="store_true", help="train.tune's grid for large "
                     "catalogues (with --tune-mix)")
+    ap.add_argument("--drop", default="", help="features the ranker may not use, comma-separated "
+                    "(of: %s); their weights are exported as 0. The ablation without "
+                    "co-occurrence drops cooc,cooc_sat (with --tuned the mix tuned without it)"
+                    % ", ".join(RANKER_FEATURES))
     a = ap.parse_args(argv)
+    drop = [d for d in a.drop.split(",") if d]
+    unknown = sorted(set(drop) - set(RANKER_FEATURES))
+    if unknown:
+        ap.error("--drop: no ranker feature %s (the features: %s)"
+                 % (", ".join(unknown), ", ".join(RANKER_FEATURES)))
+    keep = [0.0 if f in drop else 1.0 for f in RANKER_FEATURES] if drop else None
     torch.set_num_threads(a.threads)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     with open(a.tuned) as f:
         tuned = json.load(f)
     shape, decay = tuned["storefront"], tuned["ranker"].get("decay", 0.8)
-    data = load_cache(a.cache) if a.cache else None
+    if not a.tune_mix and mix_weighs_dropped(tuned["ranker"], drop, a.tuned, log):
+        return 2
+    meta = {"checkpoint": a.checkpoint, "shop": a.shop, "storefront": shape, "decay": decay,
+            "limit": a.limit, "batched": a.batched}
+    data = load_cache(a.cache, meta, log) if a.cache else None
     if data is None:
         model, _ = load_checkpoint(a.checkpoint)
         shop = shop_mod.load(a.shop)
@@ -288,7 +321,7 @@ def main(argv=None):
                                                              ranker=placeholder(decay))
         data = collect(cascade, shop, catalog, shape, a.limit, log)
         if a.cache:
-            save_cache(a.cache, data)
+            save_cache(a.cache, data, meta)
     rng = np.random.default_rng(1)
     perm = rng.permutation(len(data))
     n_hold = max(1, int(round(a.holdout * len(data))))
@@ -316,6 +349,8 @@ def main(argv=None):
                        "tuned_by": "train.ranker --tune-mix"}, f, indent=1)
         log("tuned mix on all %d shoppers: %s recall@10 %.4f ndcg@10 %.4f"
             % (len(data), json.dumps(mix_ranker), rec, nd))
+    if mix_weighs_dropped(mix_ranker, drop, a.tuned, log):
+        return 2
     mix = page_metrics(valid, mix_score(mix_ranker), shape["products"], shape["ranking"])
     head = page_metrics(valid, lambda X: X[:, 0], shape["products"], shape["ranking"])
     log("held out: tuned mix recall@10 %.4f ndcg@10 %.4f; retrieval head alone %.4f %.4f"
@@ -323,7 +358,7 @@ def main(argv=None):
     results = {}
     for h in (int(x) for x in a.hidden.split(",")):
         results[h] = train_one(h, train_t, valid, mean, std, cooc_half, decay, shape, a.epochs,
-                               a.lr, log, mix_ranker)
+                               a.lr, log, mix_ranker, keep=keep)
     best_h = max(results, key=lambda h: results[h][0])
     (rec, nd), ranker, ep = results[best_h]
     out = {"ranker": ranker, "storefront": shape,
@@ -334,7 +369,7 @@ def main(argv=None):
            "valid_retrieval_head_recall@10": head[0],
            "models": {str(h): {"recall@10": r[0][0], "ndcg@10": r[0][1], "epoch": r[2]}
                       for h, r in results.items()},
-           "tuned_from": a.tuned}
+           "tuned_from": a.tuned, "dropped_features": drop}
     with open(a.out, "w") as f:
         json.dump(out, f, indent=1)
     log("chosen: hidden %d (epoch %d): held-out recall@10 %.4f ndcg@10 %.4f (tuned mix %.4f "
@@ -437,8 +472,10 @@ def cooc_ranks(data, baselines, targets, keep=None):
     return out
 
 
-def save_cache(path, data):
-    arrays = {}
+def save_cache(path, data, meta):
+    """The collected candidates, with meta: what they were collected from (load_cache reuses
+    them only for the same)."""
+    arrays = {"meta": np.array(json.dumps(meta, sort_keys=True))}
     for u, (secs, target) in enumerate(data):
         arrays["t%d" % u] = np.array([target, len(secs)])
         for s, (idx, X) in enumerate(secs):
@@ -446,10 +483,16 @@ def save_cache(path, data):
     np.savez(path, n=np.array([len(data)]), **arrays)
 
 
-def load_cache(path):
+def load_cache(path, meta, log=None):
+    """-> the candidates saved at path for these inputs (meta), or None: no file, or one from
+    other inputs (another checkpoint, shop, page shape, decay or sample)."""
     try:
         z = np.load(path)
     except FileNotFoundError:
+        return None
+    if "meta" not in z.files or json.loads(str(z["meta"])) != json.loads(json.dumps(meta)):
+        if log:
+            log("%s holds candidates of other inputs: collecting again" % path)
         return None
     out = []
     for u in range(int(z["n"][0])):

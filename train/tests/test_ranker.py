@@ -157,3 +157,87 @@ def test_train_ranker_end_to_end(tiny_world, tmp_path, monkeypatch):
     front = c.recommend(make_request(hist, now, shop["regions"][s["region"]]["name"], catalog,
                                      2, 2, 4))
     assert front["sections"] and all(len(sec["products"]) <= 4 for sec in front["sections"])
+
+
+def ranker_inputs(tiny_world, tmp_path, monkeypatch, mix):
+    """The tiny shop with its eval shoppers made validation ones (it has few), the model behind
+    train.ranker's checkpoint loader, and a tuned ranker.json with this mix."""
+    shop, _, _, model, _ = tiny_world
+    import copy
+    shop = copy.deepcopy(shop)
+    for s in shop["shoppers"]:
+        if s["split"] == "eval":
+            s["split"] = "valid"
+    shop_path = tmp_path / "shop.json"
+    shop_path.write_text(json.dumps(shop))
+    monkeypatch.setattr(ranker_mod, "load_checkpoint", lambda p: (model, None))
+    tuned = tmp_path / "tuned.json"
+    tuned.write_text(json.dumps({"ranker": dict(mix, decay=0.6),
+                                 "storefront": {"sections": 4, "keywords": 4, "products": 4,
+                                                "ranking": "score"}}))
+    return ["--checkpoint", str(tmp_path / "m.pt"), "--shop", str(shop_path), "--tuned",
+            str(tuned)]
+
+
+def test_dropped_features_are_exported_as_zero(tiny_world, tmp_path, monkeypatch, capsys):
+    """--drop cooc,cooc_sat (the ablation without co-occurrence): every model trained gives those
+    features no weight, so the engine's raw co-occurrence cannot move a score; and a mix that
+    weighs a dropped feature is refused before any decoding, naming it."""
+    import torch
+    args = ranker_inputs(tiny_world, tmp_path, monkeypatch,
+                         {"again": 1.0, "cooc": 0.0, "popularity": 0.1})
+    out = tmp_path / "learned.json"
+    for hidden in ("0", "4"):
+        torch.manual_seed(0)
+        assert ranker_mod.main(args + ["--out", str(out), "--hidden", hidden, "--epochs", "2",
+                                       "--holdout", "0.3", "--drop", "cooc,cooc_sat"]) == 0
+        res = json.loads(out.read_text())
+        r = res["ranker"]
+        assert res["dropped_features"] == ["cooc", "cooc_sat"] and r["hidden"] == int(hidden)
+        gone = [RANKER_FEATURES.index("cooc"), RANKER_FEATURES.index("cooc_sat")]
+        rows = r["w1"] if r["hidden"] else [r["w2"]]
+        for row in rows:
+            assert [row[j] for j in gone] == [0.0, 0.0]
+        kept = [j for j in range(F) if j not in gone]
+        assert any(row[j] != 0.0 for row in rows for j in kept)
+        # the reference scoring agrees: co-occurrence changed, the score is the same bits
+        X = np.random.default_rng(int(hidden)).uniform(0, 3, size=(6, F)).astype(np.float32)
+        Y = X.copy()
+        Y[:, gone] = np.float32(50.0)
+        lr = LearnedRanker(r)
+        assert np.array_equal(lr.score(X), lr.score(Y))
+    capsys.readouterr()
+    args = ranker_inputs(tiny_world, tmp_path, monkeypatch,
+                         {"again": 1.0, "cooc": 2.0, "popularity": 0.1})
+    out.unlink()
+    assert ranker_mod.main(args + ["--out", str(out), "--drop", "cooc"]) == 2
+    assert "weighs cooc" in capsys.readouterr().err and not out.exists()
+    with pytest.raises(SystemExit):
+        ranker_mod.main(args + ["--out", str(out), "--drop", "nope"])
+    assert "no ranker feature nope" in capsys.readouterr().err
+
+
+def test_cache_is_reused_only_for_the_same_inputs(tiny_world, tmp_path, monkeypatch, capsys):
+    """--cache: a second run on the same inputs decodes nothing; one with another page shape
+    collects its own candidates instead of training on the first run's."""
+    mix = {"again": 1.0, "cooc": 0.0, "popularity": 0.1}
+    args = ranker_inputs(tiny_world, tmp_path, monkeypatch, mix)
+    cache, out = tmp_path / "c.npz", tmp_path / "learned.json"
+    run = args + ["--out", str(out), "--hidden", "0", "--epochs", "1", "--holdout", "0.3",
+                  "--cache", str(cache)]
+    assert ranker_mod.main(run) == 0 and cache.exists()
+    first = json.loads(out.read_text())
+    real_collect = ranker_mod.collect
+    monkeypatch.setattr(ranker_mod, "collect", lambda *a, **k: pytest.fail("decoded again"))
+    assert ranker_mod.main(run) == 0
+    assert json.loads(out.read_text())["ranker"] == first["ranker"]
+    calls = []
+    monkeypatch.setattr(ranker_mod, "collect",
+                        lambda *a, **k: calls.append(a[3]) or real_collect(*a, **k))
+    tuned = json.loads((tmp_path / "tuned.json").read_text())
+    tuned["storefront"]["sections"] = 2
+    (tmp_path / "tuned.json").write_text(json.dumps(tuned))
+    capsys.readouterr()
+    assert ranker_mod.main(run) == 0
+    assert calls and calls[0]["sections"] == 2
+    assert "candidates of other inputs" in capsys.readouterr().err
