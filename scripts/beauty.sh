@@ -12,9 +12,11 @@
 #   CUTOFF=YYYY-MM-DD scripts/beauty.sh   # the time split's cut-off (default: the day that leaves
 #                                         # ~10% of all interactions on or after it: 2014-05-13)
 #   PROTOCOLS=time scripts/beauty.sh      # one protocol only (default "loo time")
-#   STUDENT_EPOCHS=6 ABLATE_DISTILL=1     # each student's epochs; also a teacher and a distilled
-#                                         # student (both protocols; the teacher served on
-#                                         # leave-one-out only)
+#   STUDENT_EPOCHS=6 ABLATE_DISTILL=1     # each student's epochs; also a teacher and a student
+#                                         # distilled from it (both protocols), served as
+#                                         # student-distill
+#   SASREC=0 scripts/beauty.sh            # leave-one-out without the SASRec baseline (~50 min
+#                                         # here; default 1)
 #   TUNE_USERS=2000                       # validation users that tune each ranker
 #   BEAUTY_OUT=DIR scripts/beauty.sh      # the output folder (default build/beauty)
 #
@@ -54,7 +56,10 @@ student() {  # SHOP-VALID OUT [EXTRA ARGS]: train.train's student alone
 export_system() {  # ROOT NAME CHECKPOINT RANKER.JSON: the bundle and catalogue of one system
   local d="$1/systems/$2"
   mkdir -p "$d"
-  [ -f "$d/ranker.json" ] || cp "$4" "$d/ranker.json"
+  if ! cmp -s "$4" "$d/ranker.json"; then  # new, or its ranker changed: export again
+    rm -rf "$d/bundle" "$d/catalog"
+    cp "$4" "$d/ranker.json"
+  fi
   if [ ! -f "$d/bundle/manifest.json" ]; then
     log "$2 ($1): bundle and catalogue"
     $PY -m train.export --checkpoint "$3" --shop "$1/shop.json" --bundle "$d/bundle" \
@@ -62,10 +67,13 @@ export_system() {  # ROOT NAME CHECKPOINT RANKER.JSON: the bundle and catalogue 
   fi
 }
 
-system() {  # ROOT NAME CHECKPOINT [ablations]: ranker weights and page shape on TUNE_USERS
-  # validation users, bundle; with "ablations" also NAME-head-only (the retrieval head alone) and
-  # NAME-no-cooc (the mix re-tuned without the co-occurrence feature), tuned in the same pass, and
-  # NAME-learned (train.ranker's learned linear ranker over the same page, from the tuned mix)
+system() {  # ROOT NAME CHECKPOINT [ablations]: the served system of a checkpoint. train.tune
+  # tunes the weights' mix and the page shape on TUNE_USERS validation users; train.ranker learns
+  # the linear ranker over the same page from that mix (held-out shoppers choose: it keeps the mix
+  # where no epoch beats it) -> NAME serves the learned ranker. With "ablations" also, tuned in the
+  # same pass: NAME-mix (the grid-tuned mix: "- learned ranker"), NAME-head-only (the retrieval
+  # head alone) and NAME-no-cooc (the learned ranker without the co-occurrence features, from the
+  # mix tuned without them)
   local t="$1/tuning/$2" decay
   decay=$($PY -c "import json; print(json.load(open('$1/baselines.json'))['systems']['cooccurrence']['params']['decay'])")
   mkdir -p "$t"
@@ -75,17 +83,30 @@ system() {  # ROOT NAME CHECKPOINT [ablations]: ranker weights and page shape on
       --limit "$TUNE_USERS" --shapes "$SHAPES" --rankings score --decay "$decay" --wide-grid \
       --threads "$THREADS" ${4:+--ablations} 2>"$t/tune.log"
   fi
-  export_system "$1" "$2" "$3" "$t/ranker.json"
-  [ -n "${4:-}" ] || return 0
-  export_system "$1" "$2-head-only" "$3" "$t/ranker-head-only.json"
-  export_system "$1" "$2-no-cooc" "$3" "$t/ranker-no-cooc.json"
-  if [ ! -f "$t/learned.json" ]; then
-    log "$2 ($1): the learned ranker"
-    $PY -m train.ranker --checkpoint "$3" --shop "$1/shop-valid.json" --tuned "$t/ranker.json" \
-      --out "$t/learned.json" --limit "$TUNE_USERS" --hidden 0 --epochs 12 --batched \
-      --threads "$THREADS" 2>"$t/learned.log"
+  local cache=()  # the decoded candidates, shared by the two learned rankers of the same page
+  [ -z "${4:-}" ] || cache=(--cache "$t/candidates.npz")
+  learned "$1" "$2" "$3" ranker.json learned.json "${cache[@]}"
+  if [ -n "${4:-}" ]; then
+    learned "$1" "$2" "$3" ranker-no-cooc.json learned-no-cooc.json "${cache[@]}" \
+      --drop cooc,cooc_sat
+    rm -f "$t/candidates.npz"
   fi
-  export_system "$1" "$2-learned" "$3" "$t/learned.json"
+  export_system "$1" "$2" "$3" "$t/learned.json"
+  [ -n "${4:-}" ] || return 0
+  export_system "$1" "$2-mix" "$3" "$t/ranker.json"
+  export_system "$1" "$2-head-only" "$3" "$t/ranker-head-only.json"
+  export_system "$1" "$2-no-cooc" "$3" "$t/learned-no-cooc.json"
+}
+
+learned() {  # ROOT NAME CHECKPOINT TUNED OUT [train.ranker args]: a learned linear ranker from the
+  # tuned mix (with --cache, train.ranker reuses candidates only when decoded for the same page)
+  local root="$1" name="$2" ckpt="$3" tuned="$4" out="$5" t="$1/tuning/$2"
+  shift 5
+  [ ! -f "$t/$out" ] || return 0
+  log "$name ($root): the learned ranker ($out)"
+  $PY -m train.ranker --checkpoint "$ckpt" --shop "$root/shop-valid.json" --tuned "$t/$tuned" \
+    --out "$t/$out" --limit "$TUNE_USERS" --hidden 0 --epochs 12 --batched \
+    --threads "$THREADS" "$@" 2>"$t/${out%.json}.log"
 }
 
 distill() {  # ROOT: with ABLATE_DISTILL=1, a teacher (3 epochs) and a student distilled from it
@@ -100,7 +121,7 @@ distill() {  # ROOT: with ABLATE_DISTILL=1, a teacher (3 epochs) and a student d
 
 ablation_args() {  # ROOT NAME: the --system arguments of a system and its ablations
   local n
-  for n in "$2" "$2-learned" "$2-head-only" "$2-no-cooc" "$2-notime"; do
+  for n in "$2" "$2-mix" "$2-head-only" "$2-no-cooc" "$2-notime"; do
     [ -f "$1/systems/$n/bundle/manifest.json" ] && printf ' --system %s=%s' "$n" "$1/systems/$n"
   done
   return 0
@@ -130,22 +151,25 @@ loo() {
   local distill=()
   if [ -f "$OUT/models-distill/student.pt" ]; then
     system "$OUT" student-distill "$OUT/models-distill/student.pt"
-    system "$OUT" teacher "$OUT/models-distill/teacher.pt"
-    distill=(--system student-distill="$OUT/systems/student-distill" --system teacher="$OUT/systems/teacher")
+    distill=(--system student-distill="$OUT/systems/student-distill")
   fi
 
   # 4. SASRec: epochs by early stopping on the validation targets (patience 3, at most 30), dropout
   #    0.2, maxlen 50 (train.sasrec trains a grid of dropout x maxlen when given several values; one
   #    point here: each epoch takes ~100 s on the 2-core VM)
-  [ -f "$OUT/sasrec.json" ] || { log "SASRec"; $PY -m train.sasrec --data "$DATA" --out "$OUT" --dropout 0.2 --epochs 30 \
-    --threads "$THREADS" 2>"$OUT/sasrec.log"; }
+  local sasrec=()
+  if [ "${SASREC:-1}" != 0 ]; then
+    [ -f "$OUT/sasrec.json" ] || { log "SASRec"; $PY -m train.sasrec --data "$DATA" --out "$OUT" \
+      --dropout 0.2 --epochs 30 --threads "$THREADS" 2>"$OUT/sasrec.log"; }
+    sasrec=(--sasrec "$OUT/sasrec.json")
+  fi
 
   # 5. the test, through the C engine: each system against the best baseline
   #    (results.json), and the ablations against the served student (ablations.json)
   log "test through the C engine"
   $PY -m train.beauty_eval --shop "$OUT/shop.json" --vitrine build/vitrine \
     $(ablation_args "$OUT" student) "${distill[@]}" --torch student --torch-limit 300 \
-    --baselines "$OUT/baselines.json" --sasrec "$OUT/sasrec.json" --out "$OUT/results.json"
+    --baselines "$OUT/baselines.json" "${sasrec[@]}" --out "$OUT/results.json"
   $PY -m train.ranker evaluate --shop "$OUT/shop.json" --vitrine build/vitrine \
     $(ablation_args "$OUT" student) "${distill[@]}" --baselines "$OUT/baselines.json" \
     --beauty-data "$DATA" --out "$OUT/ablations.json"
