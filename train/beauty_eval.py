@@ -275,7 +275,7 @@ def main(argv=None):
     res = {"protocol": protocol + "; a storefront is ranked as its page ranking, then the rest "
            "by popularity (train/beauty_eval.py)", "systems": {}, "reference": {}}
     users = [s["id"] for s in shop["shoppers"] if s["split"] == "eval"][:a.users]
-    system_ranks = {}
+    system_ranks, c_answers = {}, {}
     dirs = dict(s.split("=", 1) for s in a.system)
     for name, d in dirs.items():
         with open(os.path.join(d, "ranker.json")) as f:
@@ -284,6 +284,7 @@ def main(argv=None):
         reqs, targets = test_cases(shop, shape)
         reqs, targets = reqs[:a.users], targets[:a.users]
         sfs, dt = run_c(a.vitrine, d, reqs)
+        c_answers[name] = sfs
         system_ranks[name] = []
         m = scorer.score(sfs, targets, shape["ranking"], system_ranks[name])
         m.update({"engine": "vitrine C (vitrine batch, 1 thread)", "storefront": shape,
@@ -296,8 +297,10 @@ def main(argv=None):
         d = dirs[name]
         shape = res["systems"][name]["storefront"]
         reqs, targets = test_cases(shop, shape)
-        reqs, targets = reqs[:a.torch_limit], targets[:a.torch_limit]
-        c_sfs, _ = run_c(a.vitrine, d, reqs)
+        # the C engine's answers to the same first requests, from its run above (a run of these
+        # alone would replace the system's kept answers to every test user: run_c keeps one set)
+        c_sfs = c_answers[name][:a.torch_limit]
+        reqs, targets = reqs[:len(c_sfs)], targets[:len(c_sfs)]
         entry = {}
         for constrained in (True, False):
             sfs, dt = run_torch(d, reqs, constrained)
