@@ -119,49 +119,9 @@ def test_score_sums_in_the_engines_order():
         assert got == s
 
 
-def test_train_ranker_end_to_end(tiny_world, tmp_path, monkeypatch):
-    """train.ranker on the tiny shop's validation shoppers writes a ranker the bundle takes and
-    the cascade serves; the held-out metrics it reports are those of the exported weights."""
-    shop, tables, catalog, model, _ = tiny_world
-    import copy
-    import torch
-    from train.shop import holdout
-    shop = copy.deepcopy(shop)
-    ck = tmp_path / "m.pt"
-    shop_path = tmp_path / "shop.json"
-    for s in shop["shoppers"]:  # the tiny shop has few validation shoppers: use the eval ones too
-        if s["split"] == "eval":
-            s["split"] = "valid"
-    shop_path.write_text(json.dumps(shop))
-    monkeypatch.setattr(ranker_mod, "load_checkpoint", lambda p: (model, None))
-    tuned = tmp_path / "tuned.json"
-    tuned.write_text(json.dumps({"ranker": {"again": 1.0, "cooc": 2.0, "popularity": 0.1,
-                                            "decay": 0.6},
-                                 "storefront": {"sections": 4, "keywords": 4, "products": 4,
-                                                "ranking": "score"}}))
-    out = tmp_path / "learned.json"
-    torch.manual_seed(0)
-    assert ranker_mod.main(["--checkpoint", str(ck), "--shop", str(shop_path), "--tuned",
-                            str(tuned), "--out", str(out), "--hidden", "0,4", "--epochs", "2",
-                            "--holdout", "0.3"]) == 0
-    res = json.loads(out.read_text())
-    r = res["ranker"]
-    assert r["kind"] == "learned" and r["decay"] == 0.6 and r["hidden"] in (0, 4)
-    assert set(res["models"]) == {"0", "4"}
-    m = export_bundle(str(tmp_path / "bundle"), model, tables, ranker=r)
-    assert m["ranker"]["kind"] == "learned" and "again" not in m["ranker"]
-    c = Cascade(model, tables, catalog, m["ranker"])
-    s = [x for x in shop["shoppers"] if x["split"] == "valid"][0]
-    hist, now, _ = holdout(s)
-    from train.data import make_request
-    front = c.recommend(make_request(hist, now, shop["regions"][s["region"]]["name"], catalog,
-                                     2, 2, 4))
-    assert front["sections"] and all(len(sec["products"]) <= 4 for sec in front["sections"])
-
-
 def ranker_inputs(tiny_world, tmp_path, monkeypatch, mix):
-    """The tiny shop with its eval shoppers made validation ones (it has few), the model behind
-    train.ranker's checkpoint loader, and a tuned ranker.json with this mix."""
+    """train.ranker's inputs: the tiny shop with its eval shoppers made validation ones (it has
+    few of those), the model behind its checkpoint loader, and a tuned ranker.json of this mix."""
     shop, _, _, model, _ = tiny_world
     import copy
     shop = copy.deepcopy(shop)
@@ -177,6 +137,33 @@ def ranker_inputs(tiny_world, tmp_path, monkeypatch, mix):
                                                 "ranking": "score"}}))
     return ["--checkpoint", str(tmp_path / "m.pt"), "--shop", str(shop_path), "--tuned",
             str(tuned)]
+
+
+def test_train_ranker_end_to_end(tiny_world, tmp_path, monkeypatch):
+    """train.ranker on the tiny shop's validation shoppers writes a ranker the bundle takes and
+    the cascade serves; the held-out metrics it reports are those of the exported weights."""
+    shop, tables, catalog, model, _ = tiny_world
+    import torch
+    from train.shop import holdout
+    args = ranker_inputs(tiny_world, tmp_path, monkeypatch,
+                         {"again": 1.0, "cooc": 2.0, "popularity": 0.1})
+    out = tmp_path / "learned.json"
+    torch.manual_seed(0)
+    assert ranker_mod.main(args + ["--out", str(out), "--hidden", "0,4", "--epochs", "2",
+                                   "--holdout", "0.3"]) == 0
+    res = json.loads(out.read_text())
+    r = res["ranker"]
+    assert r["kind"] == "learned" and r["decay"] == 0.6 and r["hidden"] in (0, 4)
+    assert set(res["models"]) == {"0", "4"}
+    m = export_bundle(str(tmp_path / "bundle"), model, tables, ranker=r)
+    assert m["ranker"]["kind"] == "learned" and "again" not in m["ranker"]
+    c = Cascade(model, tables, catalog, m["ranker"])
+    s = [x for x in shop["shoppers"] if x["split"] == "valid"][0]
+    hist, now, _ = holdout(s)
+    from train.data import make_request
+    front = c.recommend(make_request(hist, now, shop["regions"][s["region"]]["name"], catalog,
+                                     2, 2, 4))
+    assert front["sections"] and all(len(sec["products"]) <= 4 for sec in front["sections"])
 
 
 def test_dropped_features_are_exported_as_zero(tiny_world, tmp_path, monkeypatch, capsys):
