@@ -349,8 +349,8 @@ def main(argv=None):
                        "tuned_by": "train.ranker --tune-mix"}, f, indent=1)
         log("tuned mix on all %d shoppers: %s recall@10 %.4f ndcg@10 %.4f"
             % (len(data), json.dumps(mix_ranker), rec, nd))
-    if mix_weighs_dropped(mix_ranker, drop, a.tuned, log):
-        return 2
+        if mix_weighs_dropped(mix_ranker, drop, a.tuned, log):  # (--tuned's was checked above)
+            return 2
     mix = page_metrics(valid, mix_score(mix_ranker), shape["products"], shape["ranking"])
     head = page_metrics(valid, lambda X: X[:, 0], shape["products"], shape["ranking"])
     log("held out: tuned mix recall@10 %.4f ndcg@10 %.4f; retrieval head alone %.4f %.4f"
